@@ -1,0 +1,5 @@
+import sys
+
+from liveduet.cli import main
+
+sys.exit(main())
