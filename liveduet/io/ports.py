@@ -1,0 +1,193 @@
+"""Thin wrapper over mido's rtmidi backend: pick ALSA or JACK, open ports by the name a user types.
+
+Everything that can be decided without hardware lives in `portnames.py`. Backend failures become
+`MidiBackendError` with one line that says what to do; unknown names become `PortNotFoundError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import mido
+
+from liveduet.errors import MidiBackendError, PortNotFoundError
+from liveduet.io.portnames import match_port
+
+log = logging.getLogger(__name__)
+
+BACKENDS = {
+    "alsa": "mido.backends.rtmidi/LINUX_ALSA",
+    "jack": "mido.backends.rtmidi/UNIX_JACK",
+}
+DEFAULT_BACKEND = "mido.backends.rtmidi"  # rtmidi's own choice: ALSA on Linux
+
+JACK_HINT = (
+    "start a JACK server (e.g. `jackd --no-realtime -d dummy -r 48000 -p 128 &`) "
+    "or choose another backend with --backend alsa"
+)
+ALSA_HINT = (
+    "there is no ALSA sequencer (/dev/snd/seq) on this machine; "
+    "run a JACK server and use --backend jack"
+)
+
+
+def get_backend(name: str | None = None) -> mido.Backend:
+    """The mido backend for "alsa", "jack", or None (env MIDO_BACKEND, else rtmidi's default)."""
+    if name is None:
+        module = os.environ.get("MIDO_BACKEND") or DEFAULT_BACKEND
+    elif name in BACKENDS:
+        module = BACKENDS[name]
+    else:
+        raise MidiBackendError(f"unknown MIDI backend {name!r}; use one of: {', '.join(BACKENDS)}")
+    try:
+        return mido.Backend(module, load=True)
+    except (ImportError, ValueError) as err:
+        raise MidiBackendError(f"cannot load MIDI backend {module!r}: {err}") from err
+
+
+def backend_label(backend: mido.Backend) -> str:
+    """A short name for messages: "jack", "alsa", or the mido module string."""
+    for label, module in BACKENDS.items():
+        if backend.api == module.split("/")[-1]:
+            return label
+    return backend.name if backend.api is None else f"{backend.name}/{backend.api}"
+
+
+def _backend_error(backend: mido.Backend, err: Exception) -> MidiBackendError:
+    detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    label = backend_label(backend)
+    if label == "jack" or "jack" in detail.lower():
+        hint = JACK_HINT
+    elif label == "alsa" or "alsa" in detail.lower():
+        hint = ALSA_HINT
+    else:
+        hint = "check the MIDI backend, or pick one with --backend alsa|jack"
+    return MidiBackendError(f"MIDI backend {label} is unavailable ({detail}): {hint}")
+
+
+def list_ports(backend: mido.Backend) -> tuple[list[str], list[str]]:
+    """(input names, output names). Slow on JACK (~50–120 ms): never call it on the hot path."""
+    return port_names(backend, "input"), port_names(backend, "output")
+
+
+def port_names(backend: mido.Backend, kind: str) -> list[str]:
+    """Names of the ports of one `kind` ("input" or "output")."""
+    try:
+        names = backend.get_input_names() if kind == "input" else backend.get_output_names()
+    except (OSError, ValueError) as err:  # rtmidi.SystemError is an OSError; ValueError: bad API name
+        raise _backend_error(backend, err) from err
+    return list(names)
+
+
+def open_input(
+    backend: mido.Backend,
+    query: str,
+    callback: Callable[[mido.Message], None] | None,
+    virtual: bool = False,
+) -> Any:
+    """Open an input port by the name the user typed, or create our own port if `virtual`.
+
+    `callback` runs on rtmidi's thread for every message: it must only stamp and enqueue.
+    """
+    if virtual:
+        return _open(backend, "input", query, virtual=True, callback=callback)
+    name = match_port(query, port_names(backend, "input"), "input")
+    return _open(backend, "input", name, virtual=False, callback=callback)
+
+
+def open_output(backend: mido.Backend, query: str, virtual: bool = False) -> Any:
+    """Open an output port by the name the user typed, or create our own port if `virtual`."""
+    if virtual:
+        return _open(backend, "output", query, virtual=True)
+    name = match_port(query, port_names(backend, "output"), "output")
+    return _open(backend, "output", name, virtual=False)
+
+
+def _open(backend: mido.Backend, kind: str, name: str, virtual: bool, **kwargs: Any) -> Any:
+    opener = backend.open_input if kind == "input" else backend.open_output
+    try:
+        return opener(name, virtual=virtual, **kwargs)
+    except OSError as err:
+        if not virtual and "unknown port" in str(err):
+            # Listed a moment ago, gone now (unplugged between listing and opening).
+            raise PortNotFoundError(f"MIDI {kind} port {name!r} disappeared before it could be opened") from err
+        raise _backend_error(backend, err) from err
+
+
+class PortWatcher:
+    """Background poller that notices ports vanishing and coming back (rtmidi raises nothing on unplug).
+
+    Watches queries, not exact names: an ALSA device gets a new client number when replugged, so
+    `on_back` receives the name the query matches now. Listing ports is slow on JACK, hence a thread.
+    """
+
+    def __init__(
+        self,
+        list_names: Callable[[], list[str]],
+        queries: Iterable[str],
+        on_lost: Callable[[str], None],
+        on_back: Callable[[str], None],
+        interval: float = 1.5,
+        kind: str = "input",
+    ) -> None:
+        self._list_names = list_names
+        self._on_lost = on_lost
+        self._on_back = on_back
+        self._interval = interval
+        self._kind = kind
+        # query -> name it matched last time, or None while lost. Assume present at start: the
+        # session opened the ports just before starting the watcher.
+        self._state: dict[str, str | None] = {q: q for q in queries}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def poll_once(self, names: list[str] | None = None) -> list[tuple[str, str]]:
+        """Compare the current port list with the last; fire callbacks; return [(event, name)]."""
+        if names is None:
+            try:
+                names = self._list_names()
+            except Exception as err:  # a dead JACK server: every port is gone
+                log.warning("listing MIDI ports failed: %s", err)
+                names = []
+        events: list[tuple[str, str]] = []
+        for query, last in self._state.items():
+            try:
+                now: str | None = match_port(query, names, self._kind)
+            except PortNotFoundError:
+                now = None
+            if last is not None and now is None:
+                events.append(("lost", last))
+                self._on_lost(last)
+            elif last is None and now is not None:
+                events.append(("back", now))
+                self._on_back(now)
+            self._state[query] = now
+        return events
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("PortWatcher already started")
+        self._thread = threading.Thread(target=self._run, name="liveduet-portwatch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.poll_once()
+            except Exception:  # a callback bug must not end hot-plug detection
+                log.exception("port watcher callback failed")
+
+    def stop(self, timeout: float | None = 2.0) -> bool:
+        """Ask the thread to end and wait for it; return True when it has ended."""
+        self._stop.set()
+        return self.join(timeout)
+
+    def join(self, timeout: float | None = None) -> bool:
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
