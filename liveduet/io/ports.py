@@ -54,7 +54,9 @@ def backend_label(backend: mido.Backend) -> str:
     for label, module in BACKENDS.items():
         if backend.api == module.split("/")[-1]:
             return label
-    return backend.name if backend.api is None else f"{backend.name}/{backend.api}"
+    if backend.api is None:
+        return "rtmidi" if backend.name == DEFAULT_BACKEND else backend.name
+    return f"{backend.name}/{backend.api}"
 
 
 def _backend_error(backend: mido.Backend, err: Exception) -> MidiBackendError:

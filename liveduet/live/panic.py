@@ -49,25 +49,14 @@ def send_paced(
     clock: Clock,
     burst: int = BURST,
     pause: float = PAUSE_S,
-    lock: threading.Lock | threading.RLock | None = None,
 ) -> int:
-    """Send `msgs` in bursts of `burst` with `pause` seconds between bursts; return how many were sent.
-
-    If `lock` is given it is held for each burst and released during the pauses, so other senders
-    (MIDI thru) are not held up by a long panic.
-    """
+    """Send `msgs` in bursts of `burst` with `pause` seconds between bursts; return how many were sent."""
     never = threading.Event()  # pauses are not interruptible: a panic must finish
     sent = 0
     for start in range(0, len(msgs), burst):
         if start:
             clock.wait(never, pause)
-        chunk = msgs[start : start + burst]
-        if lock is None:
-            for msg in chunk:
-                send(msg)
-        else:
-            with lock:
-                for msg in chunk:
-                    send(msg)
-        sent += len(chunk)
+        for msg in msgs[start : start + burst]:
+            send(msg)
+            sent += 1
     return sent

@@ -1,0 +1,336 @@
+"""The output scheduler: a time-sorted heap of MIDI events sent at absolute due times.
+
+One worker thread waits on a condition until the next event is due (absolute times from one
+monotonic clock, so waits never accumulate drift), then sends it. One lock guards the heap, the
+open-note table and the port, so the thru path (`send_now`), barge-in (`cancel`) and `panic` can
+never interleave a send with the worker's.
+
+Invariant: every note-on that went out gets exactly one note-off. A note-on for a (channel, note)
+that is already sounding first sends a note-off (retrigger); a note-off for a note the sender does
+not own is dropped; `cancel`, `panic` and `stop` close what is open.
+
+Tests drive it without a thread: `ManualClock.set(t)` then `run_due()`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import statistics
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import mido
+
+from liveduet.live.clock import Clock, MonotonicClock
+from liveduet.live.listener import clean
+from liveduet.live.panic import BURST, PAUSE_S, SUSTAIN, note_offs, panic_messages, send_paced
+
+log = logging.getLogger(__name__)
+
+THRU_TAG = "thru"  # the player's own notes; never reported to `on_sent` (the recorder gets them at input)
+ANSWER_TAG = "answer"
+MAX_WAIT_S = 0.25  # re-check the heap at least this often, whatever the clock does
+
+Key = tuple[int, int]  # (channel, note)
+OnSent = Callable[[mido.Message, float, float], None]  # (message, due, actual)
+
+
+@dataclass(frozen=True)
+class LatenessStats:
+    """Lateness (actual send time − due time) in seconds over the last samples."""
+
+    count: int
+    p50: float
+    p99: float
+    max: float
+    mean: float
+    jitter: float  # population standard deviation
+
+    @classmethod
+    def of(cls, samples: Iterable[float]) -> LatenessStats:
+        xs = sorted(samples)
+        if not xs:
+            return cls(0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        return cls(
+            count=len(xs),
+            p50=percentile(xs, 50),
+            p99=percentile(xs, 99),
+            max=xs[-1],
+            mean=statistics.fmean(xs),
+            jitter=statistics.pstdev(xs),
+        )
+
+
+def percentile(sorted_xs: list[float], q: float) -> float:
+    """Linear-interpolated percentile of an ascending list (numpy's default method)."""
+    pos = (len(sorted_xs) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_xs) - 1)
+    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
+
+
+class Scheduler:
+    """Sends scheduled messages through `send` at their due times; see the module docstring."""
+
+    def __init__(
+        self,
+        send: Callable[[mido.Message], None],
+        clock: Clock | None = None,
+        on_sent: OnSent | None = None,
+        burst: int = BURST,
+        pause: float = PAUSE_S,
+        max_samples: int = 10_000,
+    ) -> None:
+        self._send = send
+        self._clock: Clock = clock if clock is not None else MonotonicClock()
+        self._on_sent = on_sent
+        self.burst = burst
+        self.pause = pause
+
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._heap: list[tuple[float, int, mido.Message, str]] = []
+        self._seq = itertools.count()
+        self._open: dict[Key, str] = {}  # sounding note -> tag that owns it
+        self._pedal: dict[int, str] = {}  # channel with sustain down -> tag that pressed it
+        self._channels: set[int] = set()  # every channel we have sent on, for panic
+        self._lateness: deque[float] = deque(maxlen=max_samples)
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._closed = False
+
+        # Counters, read by the dashboard (ints: reads are atomic).
+        self.sent = 0
+        self.retriggers = 0
+        self.stray_note_offs = 0
+        self.refused_after_close = 0
+        self.errors = 0
+
+    # ---- producers -------------------------------------------------------------------------
+
+    def schedule(self, due: float, msg: mido.Message, tag: str = ANSWER_TAG) -> bool:
+        """Queue `msg` for absolute time `due` (clock seconds). False once the scheduler is stopped."""
+        kept = clean(msg)
+        if kept is None:
+            raise ValueError(f"the scheduler sends channel messages only, not {msg.type!r}")
+        with self._cond:
+            if self._closed or self._stopping:
+                self.refused_after_close += 1
+                return False
+            seq = next(self._seq)
+            heapq.heappush(self._heap, (due, seq, kept, tag))
+            if self._heap[0][1] == seq:
+                self._cond.notify()  # new earliest event: the worker must shorten its wait
+        return True
+
+    def schedule_many(self, events: Iterable[tuple[float, mido.Message]], tag: str = ANSWER_TAG) -> int:
+        """Queue several `(due, message)` pairs; return how many were accepted."""
+        return sum(self.schedule(due, msg, tag) for due, msg in events)
+
+    def send_now(self, msg: mido.Message, tag: str = THRU_TAG) -> bool:
+        """Send at once, ahead of the heap (MIDI thru). False (nothing sent) once stopped."""
+        kept = clean(msg)
+        if kept is None:
+            return False
+        with self._lock:
+            if self._closed:
+                self.refused_after_close += 1
+                return False
+            now = self._clock.now()
+            self._deliver(kept, tag, now, measure=False)
+        return True
+
+    # ---- the worker ----------------------------------------------------------------------------
+
+    def run_due(self, now: float | None = None, limit: int | None = None) -> int:
+        """Send every event due by `now` (default: the clock, re-read per event), at most `limit`
+        messages; return how many messages went out. The worker thread calls this; so do tests."""
+        sent = 0
+        while limit is None or sent < limit:
+            with self._lock:
+                if self._closed or not self._heap:
+                    break
+                t = self._clock.now() if now is None else now
+                if self._heap[0][0] > t:
+                    break
+                due, _, msg, tag = heapq.heappop(self._heap)
+                sent += self._deliver(msg, tag, due, measure=True)
+        return sent
+
+    def next_due(self) -> float | None:
+        with self._lock:
+            return self._heap[0][0] if self._heap else None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("Scheduler already started")
+        self._thread = threading.Thread(target=self._run, name="liveduet-scheduler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                sent = self.run_due(limit=self.burst)
+            except Exception as err:
+                self.errors += 1
+                if self.errors == 1:
+                    log.exception("scheduler send failed: %s", err)
+                sent = 0
+            with self._cond:
+                if self._stopping or self._closed:
+                    return
+                if not self._heap:
+                    timeout = MAX_WAIT_S
+                elif sent >= self.burst:
+                    timeout = self.pause  # a burst went out: let JACK drain before the next
+                else:
+                    timeout = min(MAX_WAIT_S, self._heap[0][0] - self._clock.now())
+                if timeout > 0:
+                    self._cond.wait(timeout)
+
+    def stop(self, timeout: float | None = 1.0) -> bool:
+        """End the worker, drop what is pending and close every open note and pedal.
+
+        After `stop` returns nothing is ever sent again, so the port may be closed. Returns False if
+        the worker did not end within `timeout` (it still sends nothing more).
+        """
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        ended = self.join(timeout)
+        with self._lock:
+            if self._closed:
+                return ended
+            self._heap.clear()
+            msgs = note_offs(self._open) + [
+                mido.Message("control_change", channel=ch, control=SUSTAIN, value=0) for ch in sorted(self._pedal)
+            ]
+            try:
+                send_paced(self._closer(), msgs, self._clock, self.burst, self.pause)
+            except Exception as err:
+                self.errors += 1
+                log.warning("could not close open notes on stop: %s", err)
+            self._open.clear()
+            self._pedal.clear()
+            self._closed = True
+        return ended
+
+    def join(self, timeout: float | None = None) -> bool:
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ---- barge-in and panic ---------------------------------------------------------------------
+
+    def cancel(self, tag: str) -> int:
+        """Drop pending events of `tag` and at once close its open notes and sustain; return messages sent."""
+        with self._cond:
+            if self._closed:
+                return 0
+            self._heap = [e for e in self._heap if e[3] != tag]
+            heapq.heapify(self._heap)
+            keys = sorted(k for k, t in self._open.items() if t == tag)
+            pedals = sorted(ch for ch, t in self._pedal.items() if t == tag)
+            msgs = note_offs(keys) + [
+                mido.Message("control_change", channel=ch, control=SUSTAIN, value=0) for ch in pedals
+            ]
+
+            def deliver(m: mido.Message) -> None:
+                self._deliver(m, tag, self._clock.now(), measure=False)
+
+            # The lock is held across the pauses: no new note may slip in between our note-offs.
+            n = send_paced(deliver, msgs, self._clock, self.burst, self.pause)
+            self._cond.notify()
+            return n
+
+    def panic(self) -> int:
+        """Drop everything pending; note-off every open note; then CC64=0, CC123, CC120 on every used
+        channel, paced. Returns the number of messages sent."""
+        with self._cond:
+            if self._closed:
+                return 0
+            self._heap.clear()
+            msgs = panic_messages(self._open, self._channels)
+            emit = self._closer()
+            self._open.clear()
+            self._pedal.clear()
+            n = send_paced(emit, msgs, self._clock, self.burst, self.pause)
+            self._cond.notify()
+            return n
+
+    # ---- state for the dashboard and tests ------------------------------------------------------
+
+    def open_notes(self, tag: str | None = None) -> list[Key]:
+        with self._lock:
+            return sorted(k for k, t in self._open.items() if tag is None or t == tag)
+
+    def pending(self, tag: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for e in self._heap if tag is None or e[3] == tag)
+
+    def lateness_stats(self) -> LatenessStats:
+        with self._lock:
+            samples = list(self._lateness)
+        return LatenessStats.of(samples)
+
+    # ---- internals (call with the lock held) ------------------------------------------------------
+
+    def _deliver(self, msg: mido.Message, tag: str, due: float, measure: bool) -> int:
+        """Send one message with open-note bookkeeping; return how many messages went out."""
+        if msg.type == "note_on":
+            key = (msg.channel, msg.note)
+            out = 0
+            owner = self._open.pop(key, None)
+            if owner is not None:
+                self.retriggers += 1
+                off = mido.Message("note_off", channel=msg.channel, note=msg.note, velocity=0)
+                self._emit(off, due, report=owner != THRU_TAG)
+                out += 1
+            actual = self._emit(msg, due, report=tag != THRU_TAG)
+            self._open[key] = tag
+            if measure:
+                self._lateness.append(actual - due)
+            return out + 1
+        if msg.type == "note_off":
+            key = (msg.channel, msg.note)
+            if self._open.get(key) != tag:
+                # Not sounding, or taken over by another sender (retrigger): its owner will close it.
+                self.stray_note_offs += 1
+                return 0
+            del self._open[key]
+        elif msg.type == "control_change" and msg.control == SUSTAIN:
+            if msg.value >= 64:
+                self._pedal[msg.channel] = tag
+            else:
+                self._pedal.pop(msg.channel, None)
+        actual = self._emit(msg, due, report=tag != THRU_TAG)
+        if measure:
+            self._lateness.append(actual - due)
+        return 1
+
+    def _closer(self) -> Callable[[mido.Message], None]:
+        """A sender for closing messages that reports all but note-offs of the player's (thru) notes."""
+        thru = {k for k, t in self._open.items() if t == THRU_TAG}
+
+        def emit(m: mido.Message) -> None:
+            self._emit(m, report=not (m.type == "note_off" and (m.channel, m.note) in thru))
+
+        return emit
+
+    def _emit(self, msg: mido.Message, due: float | None = None, report: bool = True) -> float:
+        self._send(msg)
+        actual = self._clock.now()
+        self.sent += 1
+        self._channels.add(msg.channel)
+        if report and self._on_sent is not None:
+            self._on_sent(msg, actual if due is None else due, actual)
+        return actual
