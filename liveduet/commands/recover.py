@@ -24,7 +24,6 @@ def run(args: argparse.Namespace) -> int:
     result = recover(args.journal, args.out, force=args.force)
     note = f", skipped {result.skipped_lines} damaged line(s)" if result.skipped_lines else ""
     print(
-        f"recovered {result.events} events ({result.seconds:.1f} s at {result.tempo_bpm:g} bpm) "
-        f"to {result.path}{note}"
+        f"recovered {result.events} events ({result.seconds:.1f} s at {result.tempo_bpm:g} bpm) to {result.path}{note}"
     )
     return 0

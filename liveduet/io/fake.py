@@ -44,9 +44,7 @@ class FakeOutput:
 class FakeInput:
     """Delivers pushed messages to the callback on the caller's thread, like rtmidi's callback thread."""
 
-    def __init__(
-        self, callback: Callable[[mido.Message], None] | None = None, name: str = "fake input"
-    ) -> None:
+    def __init__(self, callback: Callable[[mido.Message], None] | None = None, name: str = "fake input") -> None:
         self.name = name
         self.callback = callback
         self.closed = False

@@ -48,8 +48,7 @@ def match_port(query: str, names: list[str], kind: str) -> str:
             return unique[0]
         if len(unique) > 1:
             raise PortNotFoundError(
-                f"MIDI {kind} port name {query!r} is ambiguous: it matches {_quoted(unique)}; "
-                "give more of the name"
+                f"MIDI {kind} port name {query!r} is ambiguous: it matches {_quoted(unique)}; give more of the name"
             )
     raise PortNotFoundError(f"no MIDI {kind} port matches {query!r}; {_available(names, kind)}")
 

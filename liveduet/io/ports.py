@@ -29,10 +29,7 @@ JACK_HINT = (
     "start a JACK server (e.g. `jackd --no-realtime -d dummy -r 48000 -p 128 &`) "
     "or choose another backend with --backend alsa"
 )
-ALSA_HINT = (
-    "there is no ALSA sequencer (/dev/snd/seq) on this machine; "
-    "run a JACK server and use --backend jack"
-)
+ALSA_HINT = "there is no ALSA sequencer (/dev/snd/seq) on this machine; run a JACK server and use --backend jack"
 
 
 def get_backend(name: str | None = None) -> mido.Backend:

@@ -1,0 +1,71 @@
+"""Start, probe and wire a JACK server with the dummy driver, for tests that need real MIDI ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+# One period = 128 frames at 48 kHz = 2.67 ms; no sound card or realtime privileges needed.
+JACKD_CMD = ["jackd", "--no-realtime", "-d", "dummy", "-r", "48000", "-p", "128"]
+
+
+def _env() -> dict[str, str]:
+    # Probing must never autostart a server of its own.
+    return {**os.environ, "JACK_NO_START_SERVER": "1"}
+
+
+def have_jackd() -> bool:
+    return shutil.which("jackd") is not None and shutil.which("jack_lsp") is not None
+
+
+def jack_running(timeout: float = 5.0) -> bool:
+    """Whether a JACK server answers (`jack_lsp` exits 0)."""
+    try:
+        done = subprocess.run(["jack_lsp"], env=_env(), capture_output=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def start_jackd(log_path: Path | None = None, timeout: float = 15.0) -> subprocess.Popen[bytes]:
+    """Start jackd and return once it answers; raise RuntimeError (with its log) if it does not."""
+    log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 - lives with the server
+    proc = subprocess.Popen(JACKD_CMD, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            proc.wait(timeout=0.1)  # doubles as the poll interval, and notices an early exit
+        except subprocess.TimeoutExpired:
+            if jack_running():
+                return proc
+            continue
+        break
+    stop_jackd(proc)
+    text = log_path.read_text(errors="replace")[-2000:] if log_path and log_path.exists() else ""
+    raise RuntimeError(f"jackd did not come up (exit {proc.returncode}): {text}")
+
+
+def stop_jackd(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def jack_connect(source: str, destination: str) -> None:
+    """Connect two JACK ports by full name; raise RuntimeError with jack_connect's message if it fails."""
+    done = subprocess.run(["jack_connect", source, destination], env=_env(), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"jack_connect {source!r} {destination!r}: {done.stderr.strip() or done.stdout.strip()}")
+
+
+def jack_ports() -> list[str]:
+    """Every JACK port name (audio and MIDI), as `jack_lsp` lists them."""
+    done = subprocess.run(["jack_lsp"], env=_env(), capture_output=True, text=True)
+    return done.stdout.splitlines() if done.returncode == 0 else []
