@@ -1,0 +1,417 @@
+"""The engine: the player's events in, the answer's notes scheduled out.
+
+It owns the state machine (phrase.py), the streaming tokenizer (the one training used), the
+sampler with its cached model state, and the answer plan. It is driven by two calls from one
+thread — `handle(t, msg)` for each input message and `tick(now)` between them — and never sleeps,
+so tests drive it with a manual clock and a fake port, microsecond by microsecond.
+
+Timing: the call's tokens are stepped through the model as they are played, so when the call
+ends only the answer is left to compute; the answer is generated `lookahead_s` ahead of the
+playhead, never all at once, on the player's beat grid (anchored at the call's first note).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import mido
+
+from liveduet.live.phrase import Action, Input, State, transition
+from liveduet.live.scheduler import Scheduler
+from liveduet.live.settings import LiveSettings
+from liveduet.live.tempo import estimate_bpm
+from liveduet.music.tokens import TICKS, Event, StreamTokenizer, Vocabulary
+
+SUSTAIN = 64
+RETEMPO = 0.08  # re-tokenize the call when its estimated tempo differs by more than this share
+
+
+class LiveSampler(Protocol):
+    """What the engine needs of the model's sampler (liveduet.model.sampling.Sampler)."""
+
+    temperature: float
+
+    def feed(self, token: int) -> None: ...
+    def sample_event(self) -> Event: ...
+    def checkpoint(self) -> object: ...
+    def restore(self, checkpoint: object) -> None: ...
+
+
+@dataclass
+class Call:
+    t0: float  # first note, seconds
+    bpm: float  # tempo its tokens were made with
+    messages: list[tuple[float, mido.Message]] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    velocities: list[int] = field(default_factory=list)
+    onsets: list[float] = field(default_factory=list)
+    checkpoint: object = None  # the sampler before the call: to re-prime at another tempo
+
+
+@dataclass
+class Answer:
+    number: int
+    tag: str
+    start: float  # seconds: a beat of the player's grid
+    period: float  # seconds per beat
+    target: int  # length, twelfths of a beat
+    velocity: int
+    phrase_end: float
+    pos: int = 0  # twelfths generated so far
+    tokens: list[int] = field(default_factory=list)
+    first_due: float | None = None
+    first_sent: float | None = None
+    lateness: list[float] = field(default_factory=list)
+    step_ms: list[float] = field(default_factory=list)
+
+    @property
+    def end(self) -> float:
+        return self.start + self.pos / TICKS * self.period
+
+    def time_of(self, twelfths: float) -> float:
+        return self.start + twelfths / TICKS * self.period
+
+
+@dataclass(frozen=True)
+class EngineSnapshot:
+    """An immutable view for the dashboard and logs."""
+
+    state: str
+    bpm: float
+    beat: float  # beats since the call's first note (or the answer's start)
+    temperature: float
+    length_ratio: float
+    call_tokens: tuple[str, ...]
+    answer_tokens: tuple[str, ...]
+    calls: int
+    answers: int
+    player_notes: int
+    answer_notes: int
+    step_p50_ms: float
+    step_p99_ms: float
+    warnings: tuple[str, ...]
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: LiveSettings,
+        vocab: Vocabulary,
+        sampler: LiveSampler,
+        scheduler: Scheduler,
+        log: Callable[[str], None] = lambda line: None,
+        on_answer: Callable[[dict], None] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.s = settings
+        self.vocab = vocab
+        self.sampler = sampler
+        self.scheduler = scheduler
+        self.log = log
+        self.on_answer = on_answer
+        self.rng = random.Random(seed)
+        self.state = State.LISTENING
+        self.bpm = settings.tempo.bpm or settings.tempo.initial_bpm
+        self.temperature = settings.answer.temperature
+        self.length_ratio = settings.answer.length_ratio
+        sampler.temperature = self.temperature
+        self.keys: set[tuple[int, int]] = set()
+        self.pedal = False
+        self.silent_since: float | None = None
+        self.call: Call | None = None
+        self.tokenizer = StreamTokenizer(vocab.settings)
+        self.answer: Answer | None = None
+        self.last_answer_tokens: list[int] = []
+        self.calls = self.answers = self.player_notes = self.answer_notes = 0
+        self.step_ms: deque[float] = deque(maxlen=2000)
+        self.warnings: deque[str] = deque(maxlen=5)
+
+    # ---- input ------------------------------------------------------------------------------------
+
+    def handle(self, t: float, msg: mido.Message) -> None:
+        """One message from the player (already stamped, hygiene already filtered)."""
+        c = self.s.controls
+        if msg.type == "control_change":
+            if msg.control == c.temperature_cc:
+                self.set_temperature(0.1 + 1.9 * msg.value / 127)
+                return
+            if msg.control == c.length_cc:
+                self.length_ratio = round(0.25 + 1.75 * msg.value / 127, 2)
+                return
+            if msg.control == c.panic_cc:
+                self._apply(Input.PANIC, t, msg)
+                return
+            if self.s.phrase.end_gesture == "cc" and msg.control == self.s.phrase.end_cc:
+                if msg.value >= 64 and self.state is State.CALLING:
+                    self._apply(Input.END_GESTURE, t, msg)
+                return
+            if msg.control == SUSTAIN:
+                down = msg.value >= 64
+                released = self.pedal and not down
+                self.pedal = down
+                self._apply(Input.NOTE_OFF, t, msg)
+                if released and self.s.phrase.end_gesture == "pedal" and self.state is State.CALLING:
+                    self._apply(Input.END_GESTURE, t, msg)
+            return
+        if msg.type == "note_on":
+            self.keys.add((msg.channel, msg.note))
+            self.silent_since = None
+            self.player_notes += 1
+            self._apply(Input.NOTE_ON, t, msg)
+        elif msg.type == "note_off":
+            self.keys.discard((msg.channel, msg.note))
+            self._update_silence(t)
+            self._apply(Input.NOTE_OFF, t, msg)
+
+    def set_temperature(self, value: float) -> None:
+        self.temperature = round(min(2.0, max(0.1, value)), 2)
+        self.sampler.temperature = self.temperature
+
+    def panic(self, t: float) -> None:
+        self._apply(Input.PANIC, t, None)
+
+    def tick(self, now: float) -> None:
+        """Time passes: close chords, detect the end of the call, generate ahead, finish answers."""
+        if self.state is State.CALLING and self.call is not None:
+            self._feed(self.tokenizer.advance(self._beat(now)))
+            if (
+                self.silent_since is not None
+                and now - self.silent_since >= self.s.phrase.silence_beats * 60.0 / self.bpm
+            ):
+                self._apply(Input.SILENCE, now, None)
+        if self.state is State.ANSWERING and self.answer is not None:
+            self._generate(now)
+            a = self.answer
+            if a.pos >= a.target and now >= a.end:
+                self._finish_answer(now, stopped=False)
+                self._apply(Input.ANSWER_DONE, now, None)
+
+    def wait_hint(self) -> float:
+        """How long the engine thread may wait for input before the next `tick` matters."""
+        return 0.1 if self.state is State.LISTENING else 0.005
+
+    # ---- the state machine's actions ------------------------------------------------------------
+
+    def _apply(self, event: Input, t: float, msg: mido.Message | None) -> None:
+        before = self.state
+        step = transition(self.state, event, self.s.phrase.barge_in)
+        self.state = step.state
+        for action in step.actions:
+            if action is Action.START_CALL:
+                self._start_call(t)
+            elif action is Action.FEED and msg is not None:
+                self._feed_message(t, msg)
+            elif action is Action.END_CALL:
+                self._end_call(t)
+            elif action is Action.STOP_ANSWER:
+                self._finish_answer(t, stopped=True)
+            elif action is Action.PANIC:
+                self._panic(t)
+        if self.state is not before:
+            self.log(f"{before.value} → {self.state.value} ({event.value})")
+
+    def _start_call(self, t: float) -> None:
+        self.calls += 1
+        checkpoint = self.sampler.checkpoint()
+        self.call = Call(t0=t, bpm=self.bpm, checkpoint=checkpoint)
+        self.tokenizer = StreamTokenizer(self.vocab.settings, self._window_beats(self.bpm))
+
+    def _feed_message(self, t: float, msg: mido.Message) -> None:
+        call = self.call
+        if call is None:
+            return
+        call.messages.append((t, msg))
+        beat = self._beat(t)
+        self._feed(self.tokenizer.advance(beat))
+        if msg.type == "note_on":
+            call.velocities.append(msg.velocity)
+            if not call.onsets or t - call.onsets[-1] > self.vocab.settings.chord_window:
+                call.onsets.append(t)
+            self._feed(self.tokenizer.note_on(beat, msg.note))
+        elif msg.type == "note_off":
+            self._feed(self.tokenizer.note_off(beat, msg.note))
+        elif msg.type == "control_change" and msg.control == SUSTAIN:
+            self._feed(self.tokenizer.pedal(beat, msg.value >= 64))
+
+    def _feed(self, events: list[Event]) -> None:
+        if not events or self.call is None:
+            return
+        for token in self.vocab.encode(events):
+            started = time.perf_counter()
+            self.sampler.feed(token)
+            self.step_ms.append((time.perf_counter() - started) * 1e3)
+            self.call.tokens.append(token)
+
+    def _end_call(self, now: float) -> None:
+        call = self.call
+        assert call is not None
+        end = self.silent_since if self.silent_since is not None else now
+        self._feed(self.tokenizer.flush(self._beat(end)))
+        if not self.s.tempo.bpm:
+            bpm = estimate_bpm(call.onsets, call.bpm, self.s.tempo.min_bpm, self.s.tempo.max_bpm)
+            if abs(bpm / call.bpm - 1) > RETEMPO:
+                self._retokenize(call, bpm, end)
+            self.bpm = bpm
+        period = 60.0 / self.bpm
+        call_beats = (end - call.t0) / period
+        beats = min(self.s.answer.max_beats, max(self.s.answer.min_beats, call_beats * self.length_ratio))
+        beats = max(1, math.ceil(beats - 0.25))  # whole beats: the answer ends on the grid
+        k = math.ceil((now + self.s.answer.start_margin_s - call.t0) / period)
+        velocity = round(statistics.fmean(call.velocities)) if call.velocities else 80
+        self.answers += 1
+        self.answer = Answer(
+            number=self.answers, tag=f"answer-{self.answers}", start=call.t0 + k * period, period=period,
+            target=beats * TICKS, velocity=velocity, phrase_end=now,
+        )
+        self.log(
+            f"call {self.calls}: {len(call.tokens)} tokens, {call_beats:.1f} beats at {self.bpm:.0f} bpm; "
+            f"answering {beats} beats"
+        )
+        self._generate(now)
+
+    def _retokenize(self, call: Call, bpm: float, end: float) -> None:
+        """The call's tokens again at the tempo heard over the whole call, and the model re-primed."""
+        self.sampler.restore(call.checkpoint)
+        window = self._window_beats(bpm)
+        tok = StreamTokenizer(self.vocab.settings, window)
+        events: list[Event] = []
+        scale = bpm / 60.0
+        for t, msg in call.messages:
+            beat = (t - call.t0) * scale
+            if msg.type == "note_on":
+                events += tok.note_on(beat, msg.note)
+            elif msg.type == "note_off":
+                events += tok.note_off(beat, msg.note)
+            elif msg.type == "control_change":
+                events += tok.pedal(beat, msg.value >= 64)
+        events += tok.flush((end - call.t0) * scale)
+        call.tokens = []
+        call.bpm = bpm
+        self._feed(events)
+
+    def _generate(self, now: float) -> None:
+        """Sample events until the answer reaches `lookahead_s` past now, or its length."""
+        a = self.answer
+        if a is None:
+            return
+        horizon = now + self.s.answer.lookahead_s
+        ch = self.s.answer.channel
+        while a.pos < a.target and a.time_of(a.pos) < horizon:
+            started = time.perf_counter()
+            pitches, dur = self.sampler.sample_event()
+            elapsed = (time.perf_counter() - started) * 1e3 / 2  # two model steps per event
+            self.step_ms.extend((elapsed, elapsed))
+            a.step_ms.extend((elapsed, elapsed))
+            a.tokens.extend(self.vocab.encode([(pitches, dur)]))
+            if not pitches and a.pos == 0:
+                continue  # an answer starts with a note, not with silence
+            dur = min(dur, a.target - a.pos)
+            on = a.time_of(a.pos)
+            off = a.time_of(a.pos + dur * self.s.answer.articulation)
+            for p in pitches:
+                vel = self.rng.randint(-self.s.answer.velocity_spread, self.s.answer.velocity_spread)
+                vel = min(127, max(1, a.velocity + vel))
+                self.scheduler.schedule(on, mido.Message("note_on", channel=ch, note=p, velocity=vel), a.tag)
+                self.scheduler.schedule(off, mido.Message("note_off", channel=ch, note=p), a.tag)
+                self.answer_notes += 1
+                if a.first_due is None:
+                    a.first_due = on
+            a.pos += dur
+            if len(a.tokens) > 4 * a.target:  # rests of length 0 cannot occur; this is a guard
+                break
+
+    def on_sent(self, msg: mido.Message, due: float, actual: float) -> None:
+        """The scheduler's hook (its thread): lateness of the answer's messages."""
+        a = self.answer
+        if a is None:
+            return
+        a.lateness.append(actual - due)
+        if a.first_sent is None and msg.type == "note_on" and a.first_due is not None and due <= a.first_due:
+            a.first_sent = actual
+
+    def _finish_answer(self, now: float, stopped: bool) -> None:
+        a, self.answer = self.answer, None
+        if a is None:
+            return
+        if stopped:
+            self.scheduler.cancel(a.tag)
+        self.last_answer_tokens = a.tokens
+        self.log(f"answer {a.number}: {'stopped' if stopped else 'done'}, {len(a.tokens)} tokens")
+        if self.on_answer is not None:
+            late = sorted(a.lateness)
+            steps = sorted(a.step_ms)
+            self.on_answer({
+                "answer": a.number,
+                "stopped": stopped,
+                "bpm": round(self.bpm, 2),
+                "phrase_end": a.phrase_end,
+                "scheduled_first": a.first_due,
+                "actual_first": a.first_sent,
+                "first_late_ms": None if a.first_sent is None or a.first_due is None
+                else round((a.first_sent - a.first_due) * 1e3, 3),
+                "start_after_phrase_end_ms": round((a.start - a.phrase_end) * 1e3, 1),
+                "tokens": len(a.tokens),
+                "call_tokens": len(self.call.tokens) if self.call else 0,
+                "step_ms_p50": _pct(steps, 50),
+                "step_ms_p99": _pct(steps, 99),
+                "late_ms_p50": _pct(late, 50, 1e3),
+                "late_ms_p99": _pct(late, 99, 1e3),
+                "late_ms_max": round(late[-1] * 1e3, 3) if late else None,
+                "messages": len(late),
+            })
+
+    def _panic(self, t: float) -> None:
+        if self.answer is not None:
+            self._finish_answer(t, stopped=True)
+        self.scheduler.panic()
+        self.call = None
+        self.tokenizer = StreamTokenizer(self.vocab.settings)
+        self.log("panic: all notes off")
+
+    # ---- helpers ------------------------------------------------------------------------------------
+
+    def _update_silence(self, t: float) -> None:
+        # Silence counts from the last key released, pedal or not: players often rest a foot on
+        # the pedal at the end of a phrase (end_gesture = "pedal" is there for those who don't).
+        if not self.keys:
+            self.silent_since = t
+
+    def _beat(self, t: float) -> float:
+        call = self.call
+        return 0.0 if call is None else (t - call.t0) * call.bpm / 60.0
+
+    def _window_beats(self, bpm: float) -> float:
+        return self.vocab.settings.chord_window * bpm / 60.0
+
+    def snapshot(self, now: float) -> EngineSnapshot:
+        steps = sorted(self.step_ms)
+        a = self.answer
+        if a is not None:
+            beat = (now - a.start) / a.period
+        elif self.call is not None and self.state is State.CALLING:
+            beat = (now - self.call.t0) * self.bpm / 60
+        else:
+            beat = 0.0
+        names = self.vocab.tokens
+        return EngineSnapshot(
+            state=self.state.value, bpm=self.bpm, beat=beat, temperature=self.temperature,
+            length_ratio=self.length_ratio,
+            call_tokens=tuple(names[t] for t in (self.call.tokens if self.call else [])[-48:]),
+            answer_tokens=tuple(names[t] for t in (a.tokens if a else self.last_answer_tokens)[-48:]),
+            calls=self.calls, answers=self.answers, player_notes=self.player_notes,
+            answer_notes=self.answer_notes, step_p50_ms=_pct(steps, 50) or 0.0,
+            step_p99_ms=_pct(steps, 99) or 0.0, warnings=tuple(self.warnings),
+        )
+
+
+def _pct(sorted_xs: list[float], q: float, scale: float = 1.0) -> float | None:
+    if not sorted_xs:
+        return None
+    return round(sorted_xs[min(len(sorted_xs) - 1, int(len(sorted_xs) * q / 100))] * scale, 4)

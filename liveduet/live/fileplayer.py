@@ -1,0 +1,80 @@
+"""A MIDI file played as the player, in real time: for practising against a recorded part, for
+demos, and for machines with no MIDI hardware. It feeds the same door a keyboard port does."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import mido
+
+from liveduet.errors import MidiFileError
+from liveduet.live.clock import Clock
+
+LEAD_IN_S = 0.5  # a moment to settle before the first note
+
+
+def load_player_file(path: str | Path) -> list[tuple[float, mido.Message]]:
+    """(seconds from start, channel message) for every channel message, tempo map applied."""
+    try:
+        mid = mido.MidiFile(path)
+        events = []
+        t = 0.0
+        for msg in mid:  # iterating a MidiFile merges tracks and converts ticks to seconds
+            t += msg.time
+            if not msg.is_meta and msg.type not in ("sysex", "clock", "start", "stop", "continue", "reset"):
+                events.append((t, msg.copy(time=0)))
+    except FileNotFoundError as err:
+        raise MidiFileError(f"no MIDI file at {path}") from err
+    except (OSError, EOFError, ValueError, KeyError, IndexError) as err:
+        raise MidiFileError(f"{path}: cannot read MIDI file ({err})") from err
+    if not any(m.type == "note_on" and m.velocity > 0 for _, m in events):
+        raise MidiFileError(f"{path}: the file has no notes to play")
+    return events
+
+
+class FilePlayer:
+    """Plays the events into `callback` at their times from `start()`; `done` is set at the end."""
+
+    def __init__(self, events: list[tuple[float, mido.Message]], callback: Callable[[mido.Message], None],
+                 clock: Clock, name: str = "file") -> None:
+        self.events = events
+        self.callback = callback
+        self.clock = clock
+        self.name = name
+        self.done = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.duration = events[-1][0] if events else 0.0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="liveduet-fileplayer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        t0 = self.clock.now() + LEAD_IN_S
+        for offset, msg in self.events:
+            due = t0 + offset
+            while not self._stop.is_set():
+                left = due - self.clock.now()
+                if left <= 0:
+                    break
+                self.clock.wait(self._stop, left)
+            if self._stop.is_set():
+                break
+            self.callback(msg)
+        self.done.set()
+
+    def stop(self, timeout: float | None = 2.0) -> bool:
+        self._stop.set()
+        return self.join(timeout)
+
+    def join(self, timeout: float | None = None) -> bool:
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def close(self) -> None:
+        self.stop()

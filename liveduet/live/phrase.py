@@ -1,0 +1,68 @@
+"""The call-and-response state machine, written down in one place.
+
+    LISTENING --note on-----------------------------> CALLING     (start a call)
+    CALLING   --note on / off / pedal---------------> CALLING     (feed the tokenizer)
+    CALLING   --silence >= N beats, or end gesture--> ANSWERING   (end the call, start the answer)
+    ANSWERING --note on, barge_in-------------------> CALLING     (stop the answer, start a call)
+    ANSWERING --note on, no barge_in----------------> ANSWERING   (heard and passed thru, not a call)
+    ANSWERING --answer played out-------------------> LISTENING
+    any       --panic-------------------------------> LISTENING   (silence everything, forget the call)
+
+`transition` is pure: the session feeds it inputs and carries out the actions it returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class State(Enum):
+    LISTENING = "listening"
+    CALLING = "calling"
+    ANSWERING = "answering"
+
+
+class Input(Enum):
+    NOTE_ON = "note_on"
+    NOTE_OFF = "note_off"  # also pedal changes: anything that is part of the call but starts nothing
+    SILENCE = "silence"  # the call has been silent for the configured number of beats
+    END_GESTURE = "end_gesture"
+    ANSWER_DONE = "answer_done"
+    PANIC = "panic"
+
+
+class Action(Enum):
+    START_CALL = "start_call"
+    FEED = "feed"
+    END_CALL = "end_call"  # also starts the answer
+    STOP_ANSWER = "stop_answer"
+    PANIC = "panic"
+
+
+@dataclass(frozen=True)
+class Step:
+    state: State
+    actions: tuple[Action, ...] = ()
+
+
+def transition(state: State, event: Input, barge_in: bool = True) -> Step:
+    """The next state and what to do, for one input."""
+    if event is Input.PANIC:
+        return Step(State.LISTENING, (Action.PANIC,))
+    if state is State.LISTENING:
+        if event is Input.NOTE_ON:
+            return Step(State.CALLING, (Action.START_CALL, Action.FEED))
+        return Step(state)
+    if state is State.CALLING:
+        if event in (Input.NOTE_ON, Input.NOTE_OFF):
+            return Step(state, (Action.FEED,))
+        if event in (Input.SILENCE, Input.END_GESTURE):
+            return Step(State.ANSWERING, (Action.END_CALL,))
+        return Step(state)
+    # ANSWERING
+    if event is Input.NOTE_ON and barge_in:
+        return Step(State.CALLING, (Action.STOP_ANSWER, Action.START_CALL, Action.FEED))
+    if event is Input.ANSWER_DONE:
+        return Step(State.LISTENING)
+    return Step(state)

@@ -1,0 +1,211 @@
+"""A running duet: the threads and ports around the engine, each with one job.
+
+    input port (rtmidi thread) ─ Listener: stamp + enqueue
+      └─ router thread: thru to the output at once, record, hand to the engine
+           └─ engine thread: tokenizer → model step → answer plan → Scheduler heap
+                └─ scheduler thread: absolute due times → output port → recorder
+
+Model work happens on the engine thread only, so the player's own notes (thru) never wait for it;
+a short interpreter switch interval keeps the GIL from holding them up either (see README, figures
+in benchmarks/). Shutdown order matters: producers stop before ports close (sending on a closed
+rtmidi JACK port crashes the process), and the scheduler's panic closes every note first.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mido
+
+from liveduet.live.clock import Clock, MonotonicClock
+from liveduet.live.engine import Engine, EngineSnapshot
+from liveduet.live.listener import Listener
+from liveduet.live.phrase import State
+from liveduet.live.recorder import Recorder
+from liveduet.live.scheduler import Scheduler
+from liveduet.live.settings import LiveSettings
+from liveduet.music.tokens import Vocabulary
+
+SWITCH_INTERVAL_S = 0.0005  # the GIL changes hands at least this often (Python's default: 5 ms)
+SNAPSHOT_EVERY_S = 0.1
+
+
+@dataclass(frozen=True)
+class SessionSnapshot:
+    engine: EngineSnapshot
+    input_name: str
+    output_name: str
+    input_ok: bool
+    output_ok: bool
+    recording: str | None
+    recorded_s: float
+    late_p99_ms: float
+    dropped: int
+    elapsed_s: float
+
+
+class Session:
+    """Wires a Listener, the Engine, the Scheduler and the Recorder together; see the module doc."""
+
+    def __init__(
+        self,
+        settings: LiveSettings,
+        vocab: Vocabulary,
+        sampler: Any,
+        clock: Clock | None = None,
+        recorder: Recorder | None = None,
+        stats_path: Path | None = None,
+        log: Callable[[str], None] = lambda line: None,
+        seed: int | None = None,
+        input_name: str = "",
+        output_name: str = "",
+    ) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or MonotonicClock()
+        self.log = log
+        self.recorder = recorder
+        self.input_name, self.output_name = input_name, output_name
+        self.input_ok = self.output_ok = True
+        self._out_lock = threading.Lock()
+        self._out: Any = None  # the output port, swapped on reconnect
+        self.listener = Listener(self.clock)
+        self.scheduler = Scheduler(self._send, self.clock, on_sent=self._on_sent)
+        self._stats = open(stats_path, "a", encoding="utf-8") if stats_path else None  # noqa: SIM115
+        self.engine = Engine(settings, vocab, sampler, self.scheduler, log=log, on_answer=self._on_answer, seed=seed)
+        self._to_engine: queue.Queue[tuple[float, mido.Message | str]] = queue.Queue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._started_at = self.clock.now()
+        self._snapshot: SessionSnapshot | None = None
+        self.answers_done = threading.Event()
+
+    # ---- ports ------------------------------------------------------------------------------------
+
+    def set_output(self, port: Any, name: str | None = None) -> None:
+        """Use `port` for output from now on (None: record only); closes nothing."""
+        with self._out_lock:
+            self._out = port
+            if name:
+                self.output_name = name
+
+    def take_output(self) -> Any:
+        """Detach and return the output port, so it can be closed with nothing sending on it."""
+        with self._out_lock:
+            port, self._out = self._out, None
+            return port
+
+    def _send(self, msg: mido.Message) -> None:
+        with self._out_lock:
+            if self._out is not None:
+                self._out.send(msg)
+
+    def _on_sent(self, msg: mido.Message, due: float, actual: float) -> None:
+        if self.recorder is not None:
+            self.recorder.on_sent(msg, due, actual)
+        self.engine.on_sent(msg, due, actual)
+
+    def _on_answer(self, stats: dict) -> None:
+        if self._stats is not None:
+            stats = {**stats, **{k: round(v - self._started_at, 6) for k, v in stats.items()
+                                 if k in ("phrase_end", "scheduled_first", "actual_first") and v is not None}}
+            self._stats.write(json.dumps(stats) + "\n")
+            self._stats.flush()
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        self._started_at = self.clock.now()
+        self.scheduler.start()
+        if self.recorder is not None:
+            self.recorder.start()
+        for target, name in ((self._route, "router"), (self._run_engine, "engine")):
+            thread = threading.Thread(target=target, name=f"liveduet-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _route(self) -> None:
+        """Thru first (the player hears themself at once), then the recording, then the engine."""
+        thru = self.settings.controls.thru
+        controls = {c for c in (self.settings.controls.temperature_cc, self.settings.controls.length_cc,
+                                self.settings.controls.panic_cc) if c >= 0}
+        while not self._stop.is_set():
+            item = self.listener.get(timeout=0.1)
+            if item is None:
+                continue
+            t, msg = item
+            is_control = msg.type == "control_change" and msg.control in controls
+            if thru and not is_control:
+                self.scheduler.send_now(msg)
+            if self.recorder is not None and not is_control:
+                self.recorder.record_player(msg, t)
+            self._to_engine.put((t, msg))
+
+    def _run_engine(self) -> None:
+        engine = self.engine
+        next_snapshot = 0.0
+        while not self._stop.is_set():
+            try:
+                t, msg = self._to_engine.get(timeout=engine.wait_hint())
+                if msg == "panic":
+                    engine.panic(t)
+                else:
+                    engine.handle(t, msg)
+            except queue.Empty:
+                pass
+            now = self.clock.now()
+            engine.tick(now)
+            if engine.state is State.LISTENING and self._to_engine.empty():
+                self.answers_done.set()
+            else:
+                self.answers_done.clear()
+            if now >= next_snapshot:
+                self._publish(now)
+                next_snapshot = now + SNAPSHOT_EVERY_S
+
+    def panic(self) -> None:
+        """Silence everything now (any thread): the engine thread carries it out."""
+        self._to_engine.put((self.clock.now(), "panic"))
+
+    def set_temperature(self, value: float) -> None:
+        self._to_engine.put((self.clock.now(), mido.Message(
+            "control_change", control=self.settings.controls.temperature_cc,
+            value=round(min(127, max(0, (value - 0.1) / 1.9 * 127))))))
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the threads, close every open note (panic), keep the output port open for the caller."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self.scheduler.panic()
+        self.scheduler.stop(timeout)
+        if self._stats is not None:
+            self._stats.close()
+            self._stats = None
+
+    def idle(self) -> bool:
+        """True when no call is being heard, no answer is playing and nothing waits to be handled."""
+        return self.answers_done.is_set() and self.listener.queue.empty()
+
+    # ---- the view ------------------------------------------------------------------------------
+
+    def _publish(self, now: float) -> None:
+        rec = self.recorder
+        self._snapshot = SessionSnapshot(
+            engine=self.engine.snapshot(now), input_name=self.input_name, output_name=self.output_name,
+            input_ok=self.input_ok, output_ok=self.output_ok,
+            recording=str(rec.path) if rec else None, recorded_s=(now - rec.t0) if rec else 0.0,
+            late_p99_ms=self.scheduler.lateness_stats().p99 * 1e3, dropped=self.listener.dropped,
+            elapsed_s=now - self._started_at,
+        )
+
+    def snapshot(self) -> SessionSnapshot | None:
+        """The latest immutable view (published by the engine thread ~10 times a second)."""
+        return self._snapshot

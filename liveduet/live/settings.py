@@ -1,0 +1,127 @@
+"""Live-session settings: dataclasses loaded from TOML (configs/live.toml), validated by name."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from liveduet.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class PhraseSettings:
+    silence_beats: float = 1.5  # the call ends after this much silence (all keys and pedal up)
+    end_gesture: str = "silence"  # "silence" | "pedal" (pedal released) | "cc" (end_cc pressed)
+    end_cc: int = 20
+    barge_in: bool = True  # a new call during the answer stops the answer at once
+
+
+@dataclass(frozen=True)
+class AnswerSettings:
+    length_ratio: float = 1.0  # answer length / call length
+    min_beats: float = 2.0
+    max_beats: float = 16.0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 0.95
+    channel: int = 0  # 0-based MIDI channel the answer plays on
+    articulation: float = 0.92  # share of each duration a note sounds: repeated notes re-strike
+    lookahead_s: float = 0.4  # tokens are generated this far ahead of the playhead, no further
+    start_margin_s: float = 0.05  # the answer starts on the first beat at least this far ahead
+    velocity_spread: int = 6  # ± random velocity around the player's mean
+
+
+@dataclass(frozen=True)
+class TempoSettings:
+    bpm: float = 0.0  # 0: estimate from each call's onsets
+    initial_bpm: float = 100.0  # until the first call is heard
+    min_bpm: float = 50.0
+    max_bpm: float = 200.0
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    temperature_cc: int = 1  # the mod wheel: 0..127 → 0.1..2.0
+    length_cc: int = 74  # 0..127 → answer length ratio 0.25..2.0
+    panic_cc: int = 123  # all notes off from the keyboard also silences liveduet
+    thru: bool = True
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    phrase: PhraseSettings = field(default_factory=PhraseSettings)
+    answer: AnswerSettings = field(default_factory=AnswerSettings)
+    tempo: TempoSettings = field(default_factory=TempoSettings)
+    controls: ControlSettings = field(default_factory=ControlSettings)
+
+    def __post_init__(self) -> None:
+        p, a, t, c = self.phrase, self.answer, self.tempo, self.controls
+        checks = [
+            ("phrase.silence_beats", p.silence_beats, 0.25 <= p.silence_beats <= 16),
+            ("phrase.end_gesture", p.end_gesture, p.end_gesture in ("silence", "pedal", "cc")),
+            ("phrase.end_cc", p.end_cc, 0 <= p.end_cc <= 127),
+            ("answer.length_ratio", a.length_ratio, 0.1 <= a.length_ratio <= 4),
+            ("answer.min_beats", a.min_beats, 0.5 <= a.min_beats <= a.max_beats),
+            ("answer.max_beats", a.max_beats, a.max_beats <= 128),
+            ("answer.temperature", a.temperature, 0.1 <= a.temperature <= 2.0),
+            ("answer.top_k", a.top_k, a.top_k >= 0),
+            ("answer.top_p", a.top_p, 0 < a.top_p <= 1),
+            ("answer.channel", a.channel, 0 <= a.channel <= 15),
+            ("answer.articulation", a.articulation, 0.1 <= a.articulation <= 1),
+            ("answer.lookahead_s", a.lookahead_s, 0.05 <= a.lookahead_s <= 5),
+            ("answer.start_margin_s", a.start_margin_s, 0 <= a.start_margin_s <= 2),
+            ("answer.velocity_spread", a.velocity_spread, 0 <= a.velocity_spread <= 40),
+            ("tempo.bpm", t.bpm, t.bpm == 0 or 20 <= t.bpm <= 300),
+            ("tempo.initial_bpm", t.initial_bpm, 20 <= t.initial_bpm <= 300),
+            ("tempo.min_bpm", t.min_bpm, 20 <= t.min_bpm < t.max_bpm <= 300),
+            ("controls.temperature_cc", c.temperature_cc, -1 <= c.temperature_cc <= 127),
+            ("controls.length_cc", c.length_cc, -1 <= c.length_cc <= 127),
+            ("controls.panic_cc", c.panic_cc, -1 <= c.panic_cc <= 127),
+        ]
+        for name, value, ok in checks:
+            if not ok:
+                raise ConfigError(f"{name} = {value!r} is out of range (see configs/live.toml)")
+
+    def with_overrides(self, **sections: dict[str, Any]) -> LiveSettings:
+        """A copy with some values changed, e.g. with_overrides(tempo={"bpm": 90})."""
+        return _build(self, sections)
+
+
+def _build(base: LiveSettings, data: dict[str, Any], source: str = "override") -> LiveSettings:
+    parts = {}
+    for f in fields(LiveSettings):
+        section = getattr(base, f.name)
+        given = data.get(f.name, {})
+        if not isinstance(given, dict):
+            raise ConfigError(f"{source}: [{f.name}] must be a table")
+        known = {g.name: g for g in fields(section)}
+        for key, value in given.items():
+            if key not in known:
+                raise ConfigError(f"{source}: unknown key {f.name}.{key} (known: {', '.join(known)})")
+            want = type(getattr(section, key))
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+                raise ConfigError(f"{source}: {f.name}.{key} = {value!r} should be {want.__name__}")
+            given = {**given, key: value}
+        parts[f.name] = replace(section, **given)
+    unknown = set(data) - {f.name for f in fields(LiveSettings)}
+    if unknown:
+        raise ConfigError(f"{source}: unknown section [{sorted(unknown)[0]}]")
+    return LiveSettings(**parts)
+
+
+def load_live_settings(path: str | Path | None) -> LiveSettings:
+    """Defaults, overridden by a TOML file when one is given."""
+    if path is None:
+        return LiveSettings()
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise ConfigError(f"no config file at {path}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from err
+    return _build(LiveSettings(), data, str(path))
