@@ -1,0 +1,222 @@
+"""`liveduet run --in KEYBOARD --out SYNTH`: the duet daemon."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from liveduet.errors import ConfigError, LiveduetError
+
+EXAMPLES = """examples:
+  liveduet run --in Keyboard --out Synth --record session.mid
+  liveduet run --in examples/call-and-response.mid --record duet.mid      (no MIDI hardware)
+  liveduet run --virtual --in liveduet-in --out liveduet-out               (ports for a DAW)
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run", help="play a duet: listen on a MIDI input, answer on a MIDI output",
+        description="Listen to the player on a MIDI input; when a phrase ends (silence, or a gesture), answer "
+        "it in the player's tempo through the output, streaming the model's tokens. The player's notes go "
+        "straight through to the output (thru). Ctrl-C ends the session with all notes off and a finished "
+        "recording.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--in", dest="inp", required=True, metavar="PORT|FILE.mid",
+                   help="input port (exact name or a unique part of it), or a MIDI file played as the player")
+    p.add_argument("--out", metavar="PORT", help="output port (a synth); omit to only record")
+    p.add_argument("--virtual", action="store_true", help="create our own ports named --in/--out (for DAWs)")
+    p.add_argument("--backend", choices=["alsa", "jack"], help="MIDI backend (default: $MIDO_BACKEND, else rtmidi's)")
+    p.add_argument("--model", type=Path, help="exported model folder (default: the shipped models/default)")
+    p.add_argument("--config", type=Path, help="live settings TOML (see configs/live.toml)")
+    p.add_argument("--tempo", type=float, help="fix the tempo in bpm instead of estimating it from each call")
+    p.add_argument("--temperature", type=float, help="sampling temperature 0.1..2.0 (live on the mod wheel)")
+    p.add_argument("--no-thru", action="store_true", help="do not pass the player's notes to the output")
+    p.add_argument("--record", type=Path, metavar="FILE.mid", help="record the session (type-1 MIDI, crash-safe)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing recording")
+    p.add_argument("--stats", type=Path, metavar="FILE.jsonl", help="append one JSON line of timing per answer")
+    p.add_argument("--no-dashboard", action="store_true", help="plain log lines instead of the dashboard")
+    p.add_argument("--duration", type=float, help="end the session after this many seconds")
+    p.add_argument("--seed", type=int, help="random seed for repeatable answers")
+    p.set_defaults(func=run)
+
+
+def _settings(args: argparse.Namespace):
+    from liveduet.live.settings import load_live_settings
+
+    settings = load_live_settings(args.config)
+    over: dict[str, dict] = {}
+    if args.tempo is not None:
+        over["tempo"] = {"bpm": float(args.tempo)}
+    if args.temperature is not None:
+        over["answer"] = {"temperature": float(args.temperature)}
+    if args.no_thru:
+        over["controls"] = {"thru": False}
+    try:
+        return settings.with_overrides(**over) if over else settings
+    except ConfigError as err:
+        raise ConfigError(str(err).replace("override: ", "")) from err
+
+
+def run(args: argparse.Namespace) -> int:
+    from liveduet.io import ports
+    from liveduet.live.clock import MonotonicClock
+    from liveduet.live.fileplayer import FilePlayer, load_player_file
+    from liveduet.live.recorder import Recorder
+    from liveduet.live.session import Session
+    from liveduet.model.runtime import ModelRuntime, default_model_dir
+    from liveduet.model.sampling import Sampler
+
+    settings = _settings(args)
+    file_input = not args.virtual and args.inp.lower().endswith((".mid", ".midi", ".kar"))
+    player_events = load_player_file(args.inp) if file_input else None
+    if args.virtual and not args.out:
+        raise LiveduetError("--virtual needs --out too: the name of the output port to create")
+    if args.record and args.record.exists() and not args.force:
+        raise LiveduetError(f"{args.record} exists (use --force to overwrite, or another name)")
+
+    say = _logger(args.no_dashboard)
+    runtime = ModelRuntime.load(args.model or default_model_dir())
+    a = settings.answer
+    sampler = Sampler(runtime, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=args.seed)
+    sampler.reset()
+
+    backend = None
+    if not file_input or args.out:
+        backend = ports.get_backend(args.backend)
+    clock = MonotonicClock()
+    out_port = None
+    if args.out:
+        out_port = ports.open_output(backend, args.out, virtual=args.virtual)
+    recorder = None
+    try:
+        if args.record:
+            recorder = Recorder(args.record, force=args.force, clock=clock,
+                                tempo_bpm=settings.tempo.bpm or settings.tempo.initial_bpm)
+        session = Session(settings, runtime.vocab, sampler, clock, recorder, args.stats, say, args.seed,
+                          input_name=args.inp, output_name=getattr(out_port, "name", "") if out_port else "(none)")
+        session.set_output(out_port)
+        session.start()
+        in_port = player = None
+        if file_input:
+            player = FilePlayer(player_events, session.listener.callback, clock, name=args.inp)
+        else:
+            in_port = ports.open_input(backend, args.inp, session.listener.callback, virtual=args.virtual)
+            session.input_name = in_port.name
+        watchers = _watch(backend, args, session, say) if backend is not None and not args.virtual else []
+        say(f"listening on {session.input_name}, answering on {session.output_name}"
+            + (f", recording to {args.record}" if args.record else ""))
+        if player is not None:
+            player.start()
+        code = _wait(args, session, player, say)
+    finally:
+        # Producers first, ports last: nothing may send on a closed port.
+        for watcher in locals().get("watchers") or []:
+            watcher.stop()
+        if locals().get("player") is not None:
+            player.stop()
+        if locals().get("in_port") is not None:
+            in_port.close()
+        if "session" in locals():
+            session.stop()
+            port = session.take_output()
+        else:
+            port = out_port
+        if port is not None:
+            port.close()
+        if recorder is not None:
+            path = recorder.finish(tempo_bpm=session.engine.bpm if "session" in locals() else None)
+            say(f"recorded {path}")
+    if "session" in locals():
+        e = session.engine
+        say(f"session: {e.calls} calls, {e.answers} answers, {e.player_notes} notes heard, {e.answer_notes} played")
+    return code
+
+
+def _wait(args: argparse.Namespace, session, player, say) -> int:
+    stop = threading.Event()
+    got: list[int] = []
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        got.append(signum)
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    started = time.monotonic()
+    dashboard = None
+    if not args.no_dashboard:
+        try:
+            from liveduet.ui.dashboard import Dashboard
+        except ImportError:
+            Dashboard = None  # noqa: N806
+        if Dashboard is not None:
+            dashboard = Dashboard(session, stop)
+            dashboard.start()
+    try:
+        while not stop.wait(0.1):
+            if args.duration is not None and time.monotonic() - started >= args.duration:
+                break
+            if player is not None and player.done.is_set() and session.idle():
+                time.sleep(0.3)  # let the last note-offs go out before the summary
+                break
+    finally:
+        if dashboard is not None:
+            dashboard.stop()
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    if got:
+        say(f"stopping ({signal.Signals(got[0]).name}): all notes off")
+    return 0
+
+
+def _watch(backend, args, session, say) -> list:
+    """Hot-plug: one poller per direction (a device often has an input and an output of one name)."""
+    from liveduet.io import ports
+
+    def lost(kind: str, name: str) -> None:
+        session.engine.warnings.append(f"{kind} port lost: {name}")
+        say(f"{kind} port lost: {name} — still running; will reconnect when it returns")
+        setattr(session, f"{kind}_ok", False)
+
+    def back(kind: str, name: str) -> None:
+        try:
+            if kind == "output":
+                old = session.take_output()
+                if old is not None:
+                    old.close()
+                session.set_output(ports.open_output(backend, name), name)
+            # An open input port receives again once its device is back: nothing to reopen.
+            setattr(session, f"{kind}_ok", True)
+            say(f"{kind} port back: {name}")
+        except LiveduetError as err:
+            say(f"reconnecting {name} failed: {err}")
+
+    watchers = []
+    for kind, query in (("input", args.inp), ("output", args.out)):
+        if not query:
+            continue
+        watcher = ports.PortWatcher(
+            lambda k=kind: ports.port_names(backend, k), [query],
+            on_lost=lambda n, k=kind: lost(k, n), on_back=lambda n, k=kind: back(k, n), kind=kind,
+        )
+        watcher.start()
+        watchers.append(watcher)
+    return watchers
+
+
+def _logger(plain: bool):
+    start = time.monotonic()
+
+    def say(line: str) -> None:
+        print(f"[{time.monotonic() - start:7.2f}] {line}", file=sys.stderr if not plain else sys.stdout, flush=True)
+
+    return say
+
+
+def stats_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
