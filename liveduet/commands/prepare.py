@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "prepare",
         help="turn MIDI files and music21's corpus into a token dataset",
-        description="Read MIDI files/folders (.mid .midi .kar, recursive) and music21 corpus collections "
+        description="Read MIDI files/folders (.mid .midi .kar .rmi, recursive) and music21 corpus collections "
         "(music21:bach, music21:essenFolksong, music21:joplin, ...), tokenize them, build the vocabulary, "
         "and write a dataset folder. Broken files are skipped with a reason.",
     )

@@ -18,7 +18,7 @@ from liveduet.errors import CorpusError, MidiFileError
 from liveduet.music.midifile import read_midi
 from liveduet.music.tokens import Event, TokenizerSettings, tokenize_notes
 
-MIDI_SUFFIXES = {".mid", ".midi", ".kar"}
+MIDI_SUFFIXES = {".mid", ".midi", ".kar", ".rmi"}  # .rmi: RIFF-wrapped MIDI
 MUSIC21_SUFFIXES = {".mxl", ".xml", ".musicxml", ".krn", ".abc"}
 CACHE_VERSION = "1"
 

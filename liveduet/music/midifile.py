@@ -94,7 +94,8 @@ def parse_midi(data: bytes, max_seconds: float = MAX_SECONDS) -> MidiNotes:
     tpb = division
     max_tick = MAX_BEATS * tpb
 
-    # Raw events: (tick, order, kind, value) — order puts note-offs before pedal before note-ons.
+    # Raw events: (tick, order, kind, value) — order puts note-offs before pedal before note-ons
+    # (a repeated note ends, then strikes again), and the offs of zero-length notes last.
     raw: list[tuple[int, int, int, int]] = []
     drum_notes = 0
     pos = 8 + hlen
@@ -111,6 +112,7 @@ def parse_midi(data: bytes, max_seconds: float = MAX_SECONDS) -> MidiNotes:
         tick = 0
         i = body_start
         status = 0
+        struck: dict[int, int] = {}  # pitch → tick of its latest note-on in this track
         while i < body_end:
             delta = 0
             for _ in range(4):
@@ -177,7 +179,13 @@ def parse_midi(data: bytes, max_seconds: float = MAX_SECONDS) -> MidiNotes:
                     drum_notes += kind == 0x90 and d2 > 0
                 elif kind == 0x90 and d2 > 0:
                     raw.append((tick, 2, 1, d1))
-                else:  # a note-on with velocity 0 is a note-off
+                    struck[d1] = tick
+                elif struck.get(d1) == tick:
+                    # A zero-length note (on, then off at the same tick): its off must sort after
+                    # its on, or the note would stay open to the end of the file.
+                    del struck[d1]
+                    raw.append((tick, 3, 0, d1))
+                else:  # note-off, or a note-on with velocity 0, which is a note-off
                     raw.append((tick, 0, 0, d1))
             elif kind == 0xB0 and d1 == 64 and channel != DRUM_CHANNEL:
                 raw.append((tick, 1, 2, int(d2 >= 64)))

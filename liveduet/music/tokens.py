@@ -170,11 +170,11 @@ class Vocabulary:
         lo, hi = self.settings.min_pitch, self.settings.max_pitch
         out = set()
         for p in pitches:
-            while p < lo:
-                p += 12
-            while p > hi:
-                p -= 12
-            out.add(p)
+            if p < lo:
+                p += 12 * -((p - lo) // 12)  # up by whole octaves to the first one >= lo
+            elif p > hi:
+                p -= 12 * -((hi - p) // 12)
+            out.add(min(max(p, lo), hi))  # a range under an octave wide: clamp
         return tuple(sorted(out))
 
     def pitch_id(self, pitches: Iterable[int]) -> int:
@@ -234,16 +234,21 @@ class Vocabulary:
 
     @classmethod
     def from_dict(cls, data: dict) -> Vocabulary:
-        if data.get("scheme") != SCHEME:
-            raise VocabularyError(f"vocabulary scheme {data.get('scheme')!r} is not {SCHEME!r}")
+        if not isinstance(data, dict) or data.get("scheme") != SCHEME:
+            scheme = data.get("scheme") if isinstance(data, dict) else None
+            raise VocabularyError(f"vocabulary scheme {scheme!r} is not {SCHEME!r}")
         try:
             settings = TokenizerSettings.from_dict(data["settings"])
             chords = [tuple(parse_pitch(n) for n in name.split("+")) for name in data["chords"]]
-        except (KeyError, TypeError) as err:
+        except KeyError as err:
             raise VocabularyError(f"vocabulary file is malformed: missing {err}") from err
+        except (TypeError, AttributeError) as err:
+            raise VocabularyError(f"vocabulary file is malformed: {err}") from err
         vocab = cls(settings, chords)
         if "fingerprint" in data and data["fingerprint"] != vocab.fingerprint():
             raise VocabularyError("vocabulary fingerprint does not match its tokens (file edited?)")
+        if "tokens" in data and data["tokens"] != vocab.tokens:
+            raise VocabularyError("vocabulary token list does not match its settings and chords (file edited?)")
         return vocab
 
     def save(self, path: str | Path) -> None:
@@ -396,11 +401,12 @@ def tokenize_notes(
 ) -> list[Event]:
     """(onset beats, end beats, pitch) notes → events, through the streaming tokenizer.
     At equal times note-offs come before pedal changes before note-ons (a repeated note ends, then
-    strikes again)."""
+    strikes again); a zero-length note is struck, then released."""
     stream: list[tuple[float, int, int]] = []
     for onset, end, pitch in notes:
         stream.append((onset, 2, pitch))
-        stream.append((max(end, onset), 0, pitch))
+        # A zero-length note's off sorts after its on (3), else it would sound to the end.
+        stream.append((end, 0, pitch) if end > onset else (onset, 3, pitch))
     for beat, down in pedal:
         stream.append((beat, 1, int(down)))
     stream.sort()
@@ -410,7 +416,7 @@ def tokenize_notes(
     for beat, kind, value in stream:
         if kind == 2:
             events += tok.note_on(beat, value)
-        elif kind == 0:
+        elif kind == 0 or kind == 3:
             events += tok.note_off(beat, value)
         else:
             events += tok.pedal(beat, bool(value))
