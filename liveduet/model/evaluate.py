@@ -1,0 +1,220 @@
+"""Evaluation: the model next to the baselines on held-out pieces, then its samples next to real music.
+
+1. Next-token prediction on VAL pieces: NLL per token (nats), perplexity and top-1 accuracy for the
+   model (batched `forward`, each piece from the initial state), a unigram and a Kneser-Ney
+   Markov model fitted on TRAIN. Targets are every token after <bos>; <pad> is never scored.
+2. Continuations: N val pieces, each primed with its first K tokens, continued by the model and by
+   the Markov model at temperature 1; the musical metrics of both and of the pieces' real
+   continuations (same pieces, same length), so all three columns describe like with like.
+
+The scored pieces are a fixed selection (seed 0, capped at `max_tokens`), independent of `seed`, so
+scores from different runs compare; `seed` only drives the sampling.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from liveduet.errors import LiveduetError, VocabularyError
+from liveduet.model.baselines import Markov, Score, Unigram
+from liveduet.music import metrics
+from liveduet.music.dataset import Dataset, load_dataset
+from liveduet.music.tokens import EOS, PAD, Vocabulary
+
+WINDOW = 256  # time steps per forward call; the LSTM state carries over between windows
+BATCH = 16  # pieces per forward call: logits are BATCH × WINDOW × V floats (~50 MB at V = 3,000)
+
+
+@dataclass
+class EvalOptions:
+    max_tokens: int = 200_000  # val tokens scored, at most
+    samples: int = 20  # continuations per generator
+    length: int = 200  # tokens per continuation
+    prime: int = 33  # tokens of each val piece given as the prompt: <bos> + 16 events
+    order: int = 8  # Markov context length
+    unigram_k: float = 0.5
+    temperature: float = 1.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.max_tokens < 1:
+            raise LiveduetError(f"--max-tokens must be at least 1, got {self.max_tokens}")
+        if self.samples < 0:
+            raise LiveduetError(f"--samples must be 0 or more, got {self.samples}")
+        if self.length < 1:
+            raise LiveduetError(f"--length must be at least 1, got {self.length}")
+        if self.prime < 1 or self.prime % 2 == 0:
+            raise LiveduetError(f"--prime must be odd (<bos> plus whole events), got {self.prime}")
+        if not 1 <= self.order <= 32:
+            raise LiveduetError(f"--order must be 1..32, got {self.order}")
+        if self.temperature <= 0:
+            raise LiveduetError(f"--temperature must be positive, got {self.temperature}")
+
+
+def check_vocabulary(model_vocab: Vocabulary, data: Dataset, model_path: str | Path, data_path: str | Path) -> None:
+    """Refuse data whose token ids mean something else than the model's."""
+    mine, theirs = model_vocab.fingerprint(), data.vocab.fingerprint()
+    if mine != theirs:
+        raise VocabularyError(
+            f"vocabulary mismatch: the model {model_path} uses vocabulary {mine}, the data {data_path} uses "
+            f"{theirs}; prepare the data with the model's vocabulary: liveduet prepare SOURCE... --out NEW_DIR "
+            f"--vocab {Path(model_path) / 'vocab.json' if Path(model_path).is_dir() else 'MODEL/vocab.json'}"
+        )
+
+
+def select_pieces(pieces: Sequence[np.ndarray], max_tokens: int) -> list[np.ndarray]:
+    """Val pieces in a fixed shuffled order until `max_tokens` tokens; the last one is cut to fit.
+    Shuffled because pieces are stored by source, and a cap would otherwise score only the first."""
+    order = np.random.default_rng(0).permutation(len(pieces))
+    out, total = [], 0
+    for i in order:
+        piece = pieces[i]
+        if len(piece) < 2:
+            continue
+        take = min(len(piece), max_tokens - total + 1)  # +1: the <bos> is input, not a target
+        out.append(piece[:take])
+        total += take - 1
+        if total >= max_tokens:
+            break
+    return out
+
+
+@torch.inference_mode()
+def score_model(runtime: object, pieces: Sequence[np.ndarray], batch: int = BATCH, window: int = WINDOW) -> Score:
+    """NLL, perplexity and top-1 of a ModelRuntime on whole pieces, each from the initial state."""
+    nll, correct, count = 0.0, 0, 0
+    by_length = sorted(pieces, key=len, reverse=True)  # similar lengths together: little padding
+    for a in range(0, len(by_length), batch):
+        group = by_length[a : a + batch]
+        longest = max(len(p) for p in group)
+        padded = torch.full((len(group), longest), PAD, dtype=torch.long)
+        for row, piece in enumerate(group):
+            padded[row, : len(piece)] = torch.as_tensor(np.asarray(piece, dtype=np.int64))
+        inputs, targets = padded[:, :-1], padded[:, 1:]  # [B, T-1] each
+        state = None
+        for t in range(0, inputs.shape[1], window):
+            logits, state = runtime.forward(inputs[:, t : t + window], state)  # [B, w, V]
+            target = targets[:, t : t + window]  # [B, w]
+            keep = target != PAD
+            logp = F.log_softmax(logits.float(), dim=-1)  # [B, w, V]
+            picked = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # [B, w]
+            nll -= float(picked[keep].sum())
+            correct += int((logp.argmax(-1) == target)[keep].sum())
+            count += int(keep.sum())
+    return Score.from_sums(nll, correct, count)
+
+
+def sample_model(runtime: object, primes: Sequence[Sequence[int]], length: int, seed: int,
+                 temperature: float = 1.0) -> list[list[int]]:
+    """Continuations of each prime by the model's own sampler (grammar-masked, seeded)."""
+    from liveduet.model.sampling import Sampler
+
+    sampler = Sampler(runtime, temperature=temperature, seed=seed)
+    out = []
+    for prime in primes:
+        sampler.reset()
+        for token in prime:
+            sampler.feed(int(token))
+        tokens: list[int] = []
+        for _ in range(length):
+            token = sampler.sample()
+            tokens.append(token)
+            if token == EOS:
+                break
+            sampler.feed(token)
+        out.append(tokens)
+    return out
+
+
+def sample_prompts(pieces: Sequence[np.ndarray], n: int, prime: int, length: int, seed: int) -> list[np.ndarray]:
+    """`n` val pieces to continue, long enough for the prime plus a real continuation; pieces that
+    run the whole length are preferred, so the data column has full-length continuations too."""
+    rng = np.random.default_rng(seed)
+    long = [p for p in pieces if len(p) >= prime + length]
+    short = [p for p in pieces if prime + 2 <= len(p) < prime + length]
+    chosen = [long[i] for i in rng.permutation(len(long))[:n]]
+    if len(chosen) < n:
+        chosen += [short[i] for i in rng.permutation(len(short))[: n - len(chosen)]]
+    return chosen
+
+
+def _metrics(vocab: Vocabulary, sequences: Sequence[Sequence[int]]) -> dict:
+    return metrics.summarize([list(vocab.decode(s)) for s in sequences])
+
+
+def evaluate(runtime: object, data: Dataset, options: EvalOptions,
+             log: Callable[[str], None] = lambda _: None) -> dict:
+    """The whole report as a JSON-ready dict: model, unigram, markov, metrics {data, model, markov}."""
+    options.validate()
+    vocab: Vocabulary = data.vocab
+    train, val_all = data.pieces("train"), data.pieces("val")
+    if not train or not val_all:
+        raise LiveduetError("the data needs both train and val pieces (see prepare --val-percent)")
+    val = select_pieces(val_all, options.max_tokens)
+    timing = {}
+
+    log("scoring the model")
+    started = time.perf_counter()
+    model_score = score_model(runtime, val)
+    timing["model_score"] = time.perf_counter() - started
+
+    log("fitting the unigram and Markov baselines")
+    unigram = Unigram.fit(train, len(vocab), k=options.unigram_k)
+    markov = Markov.fit(train, len(vocab), order=options.order)
+    timing["markov_fit"] = markov.fit_seconds
+    log("scoring the baselines")
+    started = time.perf_counter()
+    unigram_score, markov_score = unigram.score(val), markov.score(val)
+    timing["baseline_score"] = time.perf_counter() - started
+
+    log("sampling continuations")
+    started = time.perf_counter()
+    prompts = sample_prompts(val_all, options.samples, options.prime, options.length, options.seed)
+    primes = [list(p[: options.prime]) for p in prompts]
+    real = [list(p[options.prime : options.prime + options.length]) for p in prompts]
+    model_samples = sample_model(runtime, primes, options.length, options.seed, options.temperature)
+    rng = np.random.default_rng(options.seed)
+    markov_samples = [markov.generate(vocab, prime, options.length, rng, options.temperature) for prime in primes]
+    timing["sampling"] = time.perf_counter() - started
+
+    return {
+        "model": model_score.to_dict(),
+        "unigram": {**unigram_score.to_dict(), "k": options.unigram_k},
+        "markov": {**markov_score.to_dict(), "order": options.order, "smoothing": "interpolated modified Kneser-Ney",
+                   "ngrams": markov.sizes()},
+        "metrics": {
+            "data": _metrics(vocab, real),
+            "model": _metrics(vocab, model_samples),
+            "markov": _metrics(vocab, markov_samples),
+        },
+        "val": {"pieces": len(val), "pieces_total": len(val_all), "tokens": model_score.tokens},
+        "train_tokens": int(sum(len(p) for p in train)),
+        "vocab_size": len(vocab),
+        "vocab_fingerprint": vocab.fingerprint(),
+        "options": asdict(options),
+        "seconds": {k: round(v, 3) for k, v in timing.items()},
+    }
+
+
+def evaluate_paths(model_path: str | Path, data_path: str | Path, options: EvalOptions,
+                   log: Callable[[str], None] = lambda _: None) -> dict:
+    """Load the model and the data, refuse a vocabulary mismatch, then `evaluate`."""
+    from liveduet.model.runtime import ModelRuntime
+
+    options.validate()
+    log("loading the model and the data")
+    runtime = ModelRuntime.load(model_path)
+    data = load_dataset(data_path)
+    check_vocabulary(runtime.vocab, data, model_path, data_path)
+    report = evaluate(runtime, data, options, log)
+    report["model"]["path"] = str(model_path)
+    report["data"] = str(data_path)
+    return report
+
