@@ -121,7 +121,7 @@ def test_answer_on_the_beat_grid_every_note_closed(rig):
     play(engine, clock, sched, [(0, 1, 60), (1, 1, 64), (2, 1, 67), (3, 1, 72)])
     run_until(engine, clock, sched, clock.now() + 6.0)
     assert engine.state is State.LISTENING
-    answer = [(t, m) for t, m in out.sent if m.type == "note_on" and m.channel == 0 and m.velocity and t > t0 + 2.0]
+    answer = [(t, m) for t, m in out.sent if m.type == "note_on" and m.channel == 1 and m.velocity and t > t0 + 2.0]
     first_t = answer[0][0]
     beats = (first_t - t0) / 0.5
     assert abs(beats - round(beats)) < 0.02, "the answer starts on the player's beat"

@@ -26,7 +26,7 @@ class AnswerSettings:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 0.95
-    channel: int = 0  # 0-based MIDI channel the answer plays on
+    channel: int = 1  # 0-based: channel 2, so the synth can give liveduet its own sound
     articulation: float = 0.92  # share of each duration a note sounds: repeated notes re-strike
     lookahead_s: float = 0.4  # tokens are generated this far ahead of the playhead, no further
     start_margin_s: float = 0.05  # the answer starts on the first beat at least this far ahead
@@ -68,7 +68,7 @@ class LiveSettings:
             ("answer.temperature", a.temperature, 0.1 <= a.temperature <= 2.0),
             ("answer.top_k", a.top_k, a.top_k >= 0),
             ("answer.top_p", a.top_p, 0 < a.top_p <= 1),
-            ("answer.channel", a.channel, 0 <= a.channel <= 15),
+            ("answer.channel", a.channel, 0 <= a.channel <= 15 and a.channel != 9),
             ("answer.articulation", a.articulation, 0.1 <= a.articulation <= 1),
             ("answer.lookahead_s", a.lookahead_s, 0.05 <= a.lookahead_s <= 5),
             ("answer.start_margin_s", a.start_margin_s, 0 <= a.start_margin_s <= 2),
