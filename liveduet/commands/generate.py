@@ -1,0 +1,78 @@
+"""`liveduet generate --tokens N --out OUT.mid`: sample a piano piece (optionally continuing a primer)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+VELOCITY = 80
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="sample music from a model into a MIDI file",
+        description="Sample N tokens from a model (after an optional primer MIDI file) and write a piano "
+        "MIDI file with the rhythm the tokens carry. The primer's notes come first in the output.",
+    )
+    p.add_argument("--model", type=Path, help="model folder (default: $LIVEDUET_MODEL or models/default)")
+    p.add_argument("--primer", type=Path, metavar="FILE.mid", help="MIDI file to continue")
+    p.add_argument("--tokens", type=int, required=True, help="tokens to sample (two per note or chord)")
+    p.add_argument("--temperature", type=float, required=True, help="0 = greedy, 1 = as trained, higher = wilder")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the K likeliest tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--seed", type=int, required=True, help="random seed (same seed, same output)")
+    p.add_argument("--out", type=Path, required=True, help="MIDI file to write")
+    p.add_argument("--bpm", type=float, help="tempo (default: the primer's, else 120)")
+    p.add_argument("--answer-only", action="store_true", help="leave the primer out of the output")
+    p.add_argument("--force", action="store_true", help="overwrite --out")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from liveduet.errors import ConfigError, MidiFileError
+    from liveduet.model.runtime import ModelRuntime
+    from liveduet.model.sampling import Sampler
+    from liveduet.music.midifile import notes_to_midi, read_midi, save_atomic
+    from liveduet.music.tokens import TICKS, events_to_notes, tokenize_notes
+
+    if args.tokens < 1:
+        raise ConfigError(f"--tokens must be at least 1, got {args.tokens}")
+    if args.bpm is not None and not 10 <= args.bpm <= 400:
+        raise ConfigError(f"--bpm must be in 10..400, got {args.bpm}")
+    if args.out.exists() and not args.force:
+        raise MidiFileError(f"{args.out} exists (use --force to overwrite)")
+    if not args.out.parent.is_dir():
+        raise MidiFileError(f"cannot write {args.out}: folder {args.out.parent} does not exist")
+    try:
+        runtime = ModelRuntime.load(args.model)
+        sampler = Sampler(runtime, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                          seed=args.seed)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+    bpm = args.bpm
+    primer_events = []
+    if args.primer is not None:
+        midi = read_midi(args.primer)
+        primer_events = tokenize_notes(midi.notes, runtime.vocab.settings, midi.pedal)
+        if not primer_events:
+            raise MidiFileError(f"{args.primer} has no notes to continue")
+        bpm = bpm or midi.first_bpm
+        for token in runtime.vocab.encode(primer_events):
+            sampler.feed(token)
+    bpm = bpm or 120.0
+
+    answer = [sampler.sample() for _ in range(args.tokens)]
+    events = list(runtime.vocab.decode(answer))
+    if args.primer is not None:
+        # The primer as the model heard it (quantised, chords mapped into the vocabulary).
+        primer_events = list(runtime.vocab.decode(runtime.vocab.encode(primer_events)))
+    start = sum(d for _, d in primer_events)
+    notes = [] if args.answer_only else events_to_notes(primer_events)
+    notes += events_to_notes(events, start=0 if args.answer_only else start)
+    midi_notes = [(on / TICKS, off / TICKS, pitch, VELOCITY) for on, off, pitch in notes]
+    save_atomic(notes_to_midi(midi_notes, bpm=bpm, track_name="liveduet generate"), args.out, force=args.force)
+    print(f"wrote {len(events)} events ({len(answer)} tokens, {sum(d for _, d in events) / TICKS:g} beats at "
+          f"{bpm:g} bpm) to {args.out}")
+    return 0

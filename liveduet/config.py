@@ -1,0 +1,159 @@
+"""Config files: TOML tables → validated dataclasses, one section at a time.
+
+A config file holds sections (`[model]`, `[train]`, later `[live]`); each section maps onto one
+dataclass through `parse_section`, which rejects unknown keys and wrong types with a ConfigError
+naming the key and the value, then runs the dataclass' own `validate()` for ranges. A new section
+needs only its dataclass and one `parse_section` call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from liveduet.errors import ConfigError
+from liveduet.model.lstm import ModelConfig
+
+T = TypeVar("T")
+
+LR_SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = ("adam", "adamw")
+TARGETS = ("all", "last")
+
+
+@dataclass
+class TrainConfig:
+    seq_len: int = 128  # tokens per training window
+    batch: int = 64  # windows per optimiser step (across all processes)
+    lr: float = 2e-3
+    lr_schedule: str = "cosine"  # "constant" | "cosine" (decays to lr * min_lr_ratio over `epochs`)
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    optimizer: str = "adamw"  # "adam" | "adamw"
+    weight_decay: float = 0.01  # AdamW's decoupled decay (ignored by "adam")
+    grad_clip: float = 1.0  # max global gradient norm; 0 = off
+    epochs: int = 20
+    patience: int = 3  # stop after this many evaluations without a better validation NLL; 0 = never
+    eval_every: int = 0  # also evaluate (and checkpoint) every N steps; 0 = once per epoch
+    targets: str = "all"  # "all": every position of a window is a target; "last": the seed's way
+    label_smoothing: float = 0.0
+
+    def validate(self) -> None:
+        def bad(key: str, why: str) -> ConfigError:
+            return ConfigError(f"[train] {key} = {getattr(self, key)!r}: {why}")
+
+        if not 2 <= self.seq_len <= 100_000:
+            raise bad("seq_len", "must be 2..100000")
+        if not 1 <= self.batch <= 100_000:
+            raise bad("batch", "must be 1..100000")
+        if not 0 < self.lr <= 1:
+            raise bad("lr", "must be in (0, 1]")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise bad("lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise bad("min_lr_ratio", "must be in [0, 1]")
+        if self.warmup_steps < 0:
+            raise bad("warmup_steps", "must be >= 0")
+        if self.optimizer not in OPTIMIZERS:
+            raise bad("optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
+        if not 0 <= self.weight_decay < 1:
+            raise bad("weight_decay", "must be in [0, 1)")
+        if self.grad_clip < 0:
+            raise bad("grad_clip", "must be >= 0 (0 = off)")
+        if not 1 <= self.epochs <= 100_000:
+            raise bad("epochs", "must be 1..100000")
+        if self.patience < 0:
+            raise bad("patience", "must be >= 0 (0 = never stop early)")
+        if self.eval_every < 0:
+            raise bad("eval_every", "must be >= 0 (0 = once per epoch)")
+        if self.targets not in TARGETS:
+            raise bad("targets", f"must be one of {', '.join(TARGETS)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise bad("label_smoothing", "must be in [0, 1)")
+
+
+def _check_type(section: str, key: str, value: Any, hint: Any) -> Any:
+    """The value if it fits the field's type (an int is a float; a bool is not an int), else ConfigError."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        allowed = typing.get_args(hint)
+    else:
+        allowed = (hint,)
+    for t in allowed:
+        if t is type(None) and value is None:
+            return value
+        if t is bool and isinstance(value, bool):
+            return value
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if t is str and isinstance(value, str):
+            return value
+    names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+    raise ConfigError(f"[{section}] {key} = {value!r}: must be {names}, not {type(value).__name__}")
+
+
+def parse_section(section: str, table: Any, cls: type[T], forbidden: tuple[str, ...] = ()) -> T:
+    """One TOML table → a validated `cls` instance. Missing keys take the dataclass defaults."""
+    if table is None:
+        table = {}
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{section}] must be a table, not {type(table).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values = {}
+    for key, value in table.items():
+        if key not in fields or key in forbidden:
+            allowed = ", ".join(sorted(fields - set(forbidden)))
+            raise ConfigError(f"[{section}] unknown key {key!r} = {value!r} (known keys: {allowed})")
+        values[key] = _check_type(section, key, value, hints[key])
+    obj = cls(**values)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate()
+    return obj
+
+
+def load_toml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError as err:
+        raise ConfigError(f"config file {path} does not exist") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}") from err
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from err
+
+
+def check_sections(data: dict, known: tuple[str, ...], path: str | Path) -> None:
+    """Refuse top-level sections nobody reads (a typo like [trian] would be silently ignored)."""
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{path}: unknown section [{key}] (known: {', '.join(known)})")
+
+
+# vocab_size comes from the data's vocabulary; a config file setting it would only disagree.
+MODEL_FORBIDDEN = ("vocab_size",)
+TRAIN_SECTIONS = ("model", "train")
+
+
+def model_config_from(table: Any) -> ModelConfig:
+    return parse_section("model", table, ModelConfig, forbidden=MODEL_FORBIDDEN)
+
+
+def train_config_from(table: Any) -> TrainConfig:
+    return parse_section("train", table, TrainConfig)
+
+
+def load_train_config(path: str | Path, extra_sections: tuple[str, ...] = ()) -> tuple[ModelConfig, TrainConfig]:
+    """A training config file: [model] and [train] (other sections must be in `extra_sections`)."""
+    data = load_toml(path)
+    check_sections(data, TRAIN_SECTIONS + extra_sections, path)
+    return model_config_from(data.get("model")), train_config_from(data.get("train"))
