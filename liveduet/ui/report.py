@@ -137,7 +137,11 @@ def title_for(name: str, notes: list[Note], phrases: list[Phrase]) -> str:
         by_part[n.part] += 1
     counts = ", ".join(f"{k} {v} notes" for k, v in by_part.items())
     length = max(n.end for n in notes)
-    return f"{name}: {calls} calls, {answers} answers · {counts} · {length:.1f} s"
+    return f"{name}: {_n(calls, 'call')}, {_n(answers, 'answer')} · {counts} · {length:.1f} s"
+
+
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def draw_report(midi: str | os.PathLike[str], out: str | os.PathLike[str], force: bool = False) -> Path:
