@@ -24,9 +24,11 @@ import torch.nn.functional as F
 
 from liveduet.errors import LiveduetError, VocabularyError
 from liveduet.model.baselines import Markov, Score, Unigram
+from liveduet.model.runtime import ModelRuntime
+from liveduet.model.sampling import Sampler
 from liveduet.music import metrics
 from liveduet.music.dataset import Dataset, load_dataset
-from liveduet.music.tokens import EOS, PAD, Vocabulary
+from liveduet.music.tokens import BOS, EOS, PAD, Vocabulary
 
 WINDOW = 256  # time steps per forward call; the LSTM state carries over between windows
 BATCH = 16  # pieces per forward call: logits are BATCH × WINDOW × V floats (~50 MB at V = 3,000)
@@ -87,7 +89,7 @@ def select_pieces(pieces: Sequence[np.ndarray], max_tokens: int) -> list[np.ndar
 
 
 @torch.inference_mode()
-def score_model(runtime: object, pieces: Sequence[np.ndarray], batch: int = BATCH, window: int = WINDOW) -> Score:
+def score_model(runtime: ModelRuntime, pieces: Sequence[np.ndarray], batch: int = BATCH, window: int = WINDOW) -> Score:
     """NLL, perplexity and top-1 of a ModelRuntime on whole pieces, each from the initial state."""
     nll, correct, count = 0.0, 0, 0
     by_length = sorted(pieces, key=len, reverse=True)  # similar lengths together: little padding
@@ -111,24 +113,27 @@ def score_model(runtime: object, pieces: Sequence[np.ndarray], batch: int = BATC
     return Score.from_sums(nll, correct, count)
 
 
-def sample_model(runtime: object, primes: Sequence[Sequence[int]], length: int, seed: int,
+def sample_model(runtime: ModelRuntime, primes: Sequence[Sequence[int]], length: int, seed: int,
                  temperature: float = 1.0) -> list[list[int]]:
-    """Continuations of each prime by the model's own sampler (grammar-masked, seeded)."""
-    from liveduet.model.sampling import Sampler
+    """Continuations of each prime (starting with <bos>) by the model's own sampler.
 
-    sampler = Sampler(runtime, temperature=temperature, seed=seed)
+    Only the grammar shapes the draw: the live repetition guard is switched off (a guard would cap
+    the longest run we want to measure) and <eos> is allowed, as it is for the Markov model.
+    """
+    off = 1 << 30
+    sampler = Sampler(runtime, temperature=temperature, seed=seed, allow_eos=True,
+                      max_repeat=off, max_loop=off)
     out = []
     for prime in primes:
-        sampler.reset()
-        for token in prime:
+        sampler.reset()  # feeds <bos>
+        for token in prime[1:] if len(prime) and prime[0] == BOS else prime:
             sampler.feed(int(token))
         tokens: list[int] = []
         for _ in range(length):
-            token = sampler.sample()
+            token = sampler.sample()  # also feeds it
             tokens.append(token)
             if token == EOS:
                 break
-            sampler.feed(token)
         out.append(tokens)
     return out
 
@@ -149,7 +154,7 @@ def _metrics(vocab: Vocabulary, sequences: Sequence[Sequence[int]]) -> dict:
     return metrics.summarize([list(vocab.decode(s)) for s in sequences])
 
 
-def evaluate(runtime: object, data: Dataset, options: EvalOptions,
+def evaluate(runtime: ModelRuntime, data: Dataset, options: EvalOptions,
              log: Callable[[str], None] = lambda _: None) -> dict:
     """The whole report as a JSON-ready dict: model, unigram, markov, metrics {data, model, markov}."""
     options.validate()
@@ -206,11 +211,10 @@ def evaluate(runtime: object, data: Dataset, options: EvalOptions,
 def evaluate_paths(model_path: str | Path, data_path: str | Path, options: EvalOptions,
                    log: Callable[[str], None] = lambda _: None) -> dict:
     """Load the model and the data, refuse a vocabulary mismatch, then `evaluate`."""
-    from liveduet.model.runtime import ModelRuntime
-
     options.validate()
     log("loading the model and the data")
-    runtime = ModelRuntime.load(model_path)
+    # threads=0 keeps torch's thread count: scoring is batched, unlike the live path's batch-1 steps.
+    runtime = ModelRuntime.load(model_path, threads=0)
     data = load_dataset(data_path)
     check_vocabulary(runtime.vocab, data, model_path, data_path)
     report = evaluate(runtime, data, options, log)
