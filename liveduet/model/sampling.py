@@ -12,7 +12,7 @@ it arrives), `sample()` draws the next token and feeds it. The draw is shaped, i
      identical note or chord);
    - a figure of 2..`loop_period` pitch tokens (default 8) that has just been played `max_loop`
      times in a row (default 4) may not start again: its first token is masked.
-   Music repeats on purpose (Alberti basses, sequences), so the guard only cuts what has already
+   0 turns either rule off. Music repeats on purpose (Alberti basses, sequences), so the guard only cuts what has already
    gone on long; it is a hard mask, not a soft penalty, so its effect is the same at every
    temperature. If it would mask every option, it is ignored for that draw;
 4. temperature (0 = greedy), then top-k, then top-p (nucleus).
@@ -46,8 +46,8 @@ class Sampler:
         self.top_k = top_k
         self.top_p = top_p
         self.allow_eos = allow_eos
-        if max_repeat < 1 or max_loop < 1 or loop_period < 1:
-            raise ValueError("max_repeat, max_loop and loop_period must be at least 1")
+        if max_repeat < 0 or max_loop < 0 or loop_period < 2:
+            raise ValueError("max_repeat and max_loop must be >= 0 (0 = off), loop_period >= 2")
         self.max_repeat, self.max_loop, self.loop_period = max_repeat, max_loop, loop_period
         self._gen = torch.Generator()
         self._gen.manual_seed(seed if seed is not None else int(torch.seed() & 0x7FFF_FFFF))
@@ -131,19 +131,29 @@ class Sampler:
         if self.vocab.pitch_mask[token]:
             self._expect_duration = True
             self.history.append(token)
-            if len(self.history) > 4 * self.max_loop * self.loop_period:
+            if len(self.history) > 4 * max(self.max_repeat, self.max_loop * self.loop_period, 8):
                 del self.history[: len(self.history) // 2]
         else:
             self._expect_duration = False
+
+    def checkpoint(self) -> tuple:
+        """Everything `restore` needs to return here: the daemon re-primes a call heard at another tempo.
+        States are never modified in place (each step returns new tensors), so references suffice."""
+        return (self.state, self._logits, list(self.history), len(self.tokens), self._expect_duration)
+
+    def restore(self, checkpoint: tuple) -> None:
+        self.state, self._logits, history, n_tokens, self._expect_duration = checkpoint
+        self.history = list(history)
+        del self.tokens[n_tokens:]
 
     def banned(self) -> list[int]:
         """Pitch tokens the repetition guard forbids next."""
         h = self.history
         out = []
         n = self.max_repeat
-        if len(h) >= n and all(t == h[-1] for t in h[-n:]):
+        if n and len(h) >= n and all(t == h[-1] for t in h[-n:]):
             out.append(h[-1])
-        for p in range(2, self.loop_period + 1):
+        for p in range(2, self.loop_period + 1 if self.max_loop else 2):
             span = self.max_loop * p
             if len(h) < span:
                 break
