@@ -23,6 +23,7 @@ from typing import Protocol
 
 import mido
 
+from liveduet.live.clock import Clock
 from liveduet.live.phrase import Action, Input, State, transition
 from liveduet.live.scheduler import Scheduler
 from liveduet.live.settings import LiveSettings
@@ -109,8 +110,10 @@ class Engine:
         log: Callable[[str], None] = lambda line: None,
         on_answer: Callable[[dict], None] | None = None,
         seed: int | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.s = settings
+        self.clock = clock
         self.vocab = vocab
         self.sampler = sampler
         self.scheduler = scheduler
@@ -263,7 +266,12 @@ class Engine:
         call_beats = (end - call.t0) / period
         beats = min(self.s.answer.max_beats, max(self.s.answer.min_beats, call_beats * self.length_ratio))
         beats = max(1, math.ceil(beats - 0.25))  # whole beats: the answer ends on the grid
-        k = math.ceil((now + self.s.answer.start_margin_s - call.t0) / period)
+        # Start on the first beat far enough ahead that sampling the first event cannot make it
+        # late, even on a loaded machine: margin + a few recent worst-case model steps.
+        recent = sorted(list(self.step_ms)[-200:])
+        margin = self.s.answer.start_margin_s + min(0.5, 4e-3 * (_pct(recent, 99) or 0.0))
+        now = self.clock.now() if self.clock is not None else now  # the estimate took time too
+        k = math.ceil((now + margin - call.t0) / period)
         velocity = round(statistics.fmean(call.velocities)) if call.velocities else 80
         self.answers += 1
         self.answer = Answer(

@@ -14,6 +14,7 @@ rtmidi JACK port crashes the process), and the scheduler's panic closes every no
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import sys
 import threading
@@ -32,6 +33,8 @@ from liveduet.live.recorder import Recorder
 from liveduet.live.scheduler import Scheduler
 from liveduet.live.settings import LiveSettings
 from liveduet.music.tokens import Vocabulary
+
+log = logging.getLogger(__name__)
 
 SWITCH_INTERVAL_S = 0.0005  # the GIL changes hands at least this often (Python's default: 5 ms)
 SNAPSHOT_EVERY_S = 0.1
@@ -78,7 +81,8 @@ class Session:
         self.listener = Listener(self.clock)
         self.scheduler = Scheduler(self._send, self.clock, on_sent=self._on_sent)
         self._stats = open(stats_path, "a", encoding="utf-8") if stats_path else None  # noqa: SIM115
-        self.engine = Engine(settings, vocab, sampler, self.scheduler, log=log, on_answer=self._on_answer, seed=seed)
+        self.engine = Engine(settings, vocab, sampler, self.scheduler, log=log, on_answer=self._on_answer, seed=seed,
+                             clock=self.clock)
         self._to_engine: queue.Queue[tuple[float, mido.Message | str]] = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -153,15 +157,22 @@ class Session:
         next_snapshot = 0.0
         while not self._stop.is_set():
             try:
-                t, msg = self._to_engine.get(timeout=engine.wait_hint())
-                if msg == "panic":
-                    engine.panic(t)
-                else:
-                    engine.handle(t, msg)
+                item = self._to_engine.get(timeout=engine.wait_hint())
             except queue.Empty:
-                pass
+                item = None
             now = self.clock.now()
-            engine.tick(now)
+            try:
+                if item is not None:
+                    t, msg = item
+                    if isinstance(msg, str):
+                        engine.panic(t)
+                    else:
+                        engine.handle(t, msg)
+                engine.tick(now)
+            except Exception as err:  # a bug: keep the duet alive, silence it, say so once per kind
+                log.exception("engine error")
+                engine.warnings.append(f"engine error: {type(err).__name__}: {err}")
+                self.scheduler.panic()
             if engine.state is State.LISTENING and self._to_engine.empty():
                 self.answers_done.set()
             else:

@@ -7,8 +7,10 @@ musical ratios, and ties go to the tempo closest to the one the player used befo
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
+from collections import Counter
 
 # (position in the beat, cost): simple positions are likelier than 16ths and triplets, which is
 # what makes 90 bpm quarters beat 135 bpm dotted-eighth readings of the same onsets.
@@ -34,10 +36,13 @@ def estimate_bpm(onsets: list[float], prior_bpm: float, min_bpm: float = 50.0, m
     iois = [b - a for a, b in zip(onsets, onsets[1:]) if b - a > 0.06]
     if len(iois) < 3:
         return prior_bpm
-    median = statistics.median(iois)
+    # Candidate beat lengths: the typical inter-onset intervals (actual IOIs, never an average of
+    # two, which need not be a musical value) times musical ratios.
+    typical = {statistics.median_low(iois), statistics.median_high(iois),
+               Counter(round(x, 2) for x in iois).most_common(1)[0][0]}
     best = (math.inf, prior_bpm)
-    for ratio in RATIOS:
-        base = 60.0 / (median / ratio)
+    for ratio, ioi in itertools.product(RATIOS, sorted(typical)):
+        base = 60.0 / (ioi / ratio)
         for step in range(-12, 13):  # ±6 % around the candidate, in 0.5 % steps
             bpm = base * (1 + step * 0.005)
             if not min_bpm <= bpm <= max_bpm:
