@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from pathlib import Path
 
 
@@ -27,13 +26,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _command_line(args: argparse.Namespace) -> str:
+    """The command as a user would retype it (recorded in run.json and the model card)."""
+    parts = ["liveduet", "train", "--data", str(args.data)]
+    if args.config is not None:
+        parts += ["--config", str(args.config)]
+    parts += ["--out", str(args.out)]
+    if not args.resume:
+        parts += ["--seed", str(args.seed)]
+    if args.resume:
+        parts.append("--resume")
+    if args.epochs is not None:
+        parts += ["--epochs", str(args.epochs)]
+    if args.max_minutes is not None:
+        parts += ["--max-minutes", f"{args.max_minutes:g}"]
+    return shlex.join(parts)
+
+
 def run(args: argparse.Namespace) -> int:
     from liveduet.errors import ConfigError
     from liveduet.model.train import TrainRequest, train
 
     if args.max_minutes is not None and args.max_minutes <= 0:
         raise ConfigError(f"--max-minutes must be positive, got {args.max_minutes}")
-    command = "liveduet " + shlex.join(sys.argv[1:]) if sys.argv and "liveduet" in sys.argv[0] else ""
+    command = _command_line(args)
     train(TrainRequest(data=args.data, out=args.out, config=args.config, seed=args.seed, resume=args.resume,
                        epochs=args.epochs, max_minutes=args.max_minutes, quiet=args.quiet, command=command))
     return 0
