@@ -9,16 +9,17 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def jack_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def jack_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[jack_util.JackServer]:
     """A running JACK server (dummy driver): reuses one already running, else starts and later stops one."""
     if not jack_util.have_jackd():
         pytest.skip("jackd not installed: apt-get install jackd2")
     if jack_util.jack_running():
-        yield
+        yield jack_util.JackServer()
         return
-    proc = jack_util.start_jackd(tmp_path_factory.mktemp("jack") / "jackd.log")
+    log_path = tmp_path_factory.mktemp("jack") / "jackd.log"
+    proc = jack_util.start_jackd(log_path)
     try:
-        yield
+        yield jack_util.JackServer(proc, log_path)
     finally:
         jack_util.stop_jackd(proc)
 

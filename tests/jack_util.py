@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 # One period = 128 frames at 48 kHz = 2.67 ms; no sound card or realtime privileges needed.
@@ -15,6 +16,26 @@ JACKD_CMD = ["jackd", "--no-realtime", "-d", "dummy", "-r", "48000", "-p", "128"
 def _env() -> dict[str, str]:
     # Probing must never autostart a server of its own.
     return {**os.environ, "JACK_NO_START_SERVER": "1"}
+
+
+@dataclass
+class JackServer:
+    """The server the tests use. `log_path` is None when it was already running (not ours)."""
+
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    def xruns(self) -> int | None:
+        """How many xruns/process errors jackd has logged so far; None if we cannot know.
+
+        On an overloaded machine the dummy driver misses cycles; JACK then loses or repeats MIDI
+        events (measured: losses only in cycles with an xrun). Delivery checks use this to tell a
+        starved machine from a bug.
+        """
+        if self.log_path is None or not self.log_path.exists():
+            return None
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return sum(1 for line in lines if "XRun" in line or "Process error" in line)
 
 
 def have_jackd() -> bool:

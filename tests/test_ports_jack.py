@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import mido
 import pytest
-from jack_util import have_jackd, jack_connect
+from jack_util import JackServer, have_jackd, jack_connect
 
 from liveduet.cli import main
 from liveduet.errors import MidiBackendError, PortNotFoundError
@@ -19,9 +19,10 @@ from liveduet.io.ports import PortWatcher, get_backend, list_ports, open_input, 
 from liveduet.live.clock import MonotonicClock
 from liveduet.live.listener import Listener
 from liveduet.live.panic import send_paced
-from liveduet.live.scheduler import Scheduler
+from liveduet.live.scheduler import LatenessStats, Scheduler
 
 RECEIVE_TIMEOUT = 5.0
+T = TypeVar("T")
 
 
 def unique(stem: str) -> str:
@@ -30,7 +31,7 @@ def unique(stem: str) -> str:
 
 
 @pytest.fixture
-def backend(jack_server: None) -> mido.Backend:
+def backend(jack_server: JackServer) -> mido.Backend:
     return get_backend("jack")
 
 
@@ -39,57 +40,105 @@ def clock() -> MonotonicClock:
     return MonotonicClock()
 
 
-@pytest.fixture
-def loop(backend: mido.Backend, clock: MonotonicClock) -> Iterator[tuple[object, Listener]]:
-    """Our virtual output wired by JACK to our own input: (output port, listener of the input)."""
+@contextmanager
+def loopback(backend: mido.Backend, clock: MonotonicClock) -> Iterator[tuple[Any, Listener]]:
+    """Our virtual output, opened by our input through its substring name: (output port, listener)."""
     name = unique("lt-out")
     listener = Listener(clock, maxsize=10_000)
     out = open_output(backend, name, virtual=True)
-    inp = open_input(backend, name, listener.callback)  # found by substring of "RtMidiOut Client:<name>"
+    inp = open_input(backend, name, listener.callback)  # "lt-out-…" finds "RtMidiOut Client:lt-out-…"
     try:
+        warm_up(out, listener)
         yield out, listener
     finally:
         inp.close()
         out.close()
 
 
-def receive(listener: Listener, n: int) -> list[tuple[float, mido.Message]]:
+def warm_up(out: Any, listener: Listener) -> None:
+    """Send probes until one arrives (the new connection is live), then discard the probes."""
+    probe = mido.Message("control_change", channel=15, control=119, value=0)
+    deadline = time.monotonic() + RECEIVE_TIMEOUT
+    while listener.get(timeout=0.02) is None:
+        assert time.monotonic() < deadline, "the JACK connection never delivered a message"
+        out.send(probe)
+    while listener.get(timeout=0.05) is not None:
+        pass
+
+
+def receive(listener: Listener, n: int, timeout: float = RECEIVE_TIMEOUT) -> list[tuple[float, mido.Message]]:
     got = []
     while len(got) < n:
-        item = listener.get(timeout=RECEIVE_TIMEOUT)
+        item = listener.get(timeout=timeout)
         if item is None:
             break
         got.append(item)
     return got
 
 
-def test_virtual_output_is_found_by_substring_and_delivers(loop: tuple[object, Listener]) -> None:
-    out, listener = loop
-    out.send(mido.Message("note_on", note=60, velocity=99))
-    out.send(mido.Message("clock"))  # dropped at the listener's door
-    out.send(mido.Message("note_on", note=60, velocity=0))
-    got = receive(listener, 2)
-    assert [(m.type, m.note) for _, m in got] == [("note_on", 60), ("note_off", 60)]
-    assert listener.filtered == 1
+def check_delivery(server: JackServer, attempt: Callable[[], T], check: Callable[[T], None], tries: int = 3) -> None:
+    """Run `attempt` and `check` its result; a failed check is retried only if JACK had an xrun meanwhile.
+
+    On a starved machine the dummy driver misses cycles and JACK itself drops or repeats MIDI events
+    (measured: losses only in cycles with an xrun). A failure without an xrun is a real failure; if
+    every try fails with xruns, the test is skipped as inconclusive.
+    """
+    for _ in range(tries):
+        before = server.xruns()
+        result = attempt()
+        try:
+            check(result)
+            return
+        except AssertionError:
+            if before is None or server.xruns() == before:
+                raise
+    pytest.skip(f"failed in all {tries} tries, each with JACK xruns (machine overloaded): inconclusive")
 
 
-def test_jack_connect_routes_between_two_virtual_ports(backend: mido.Backend, clock: MonotonicClock) -> None:
-    src_name, dst_name = unique("lt-src"), unique("lt-dst")
-    listener = Listener(clock)
-    out = open_output(backend, src_name, virtual=True)
-    inp = open_input(backend, dst_name, listener.callback, virtual=True)
-    try:
-        inputs, outputs = list_ports(backend)
-        src = next(n for n in inputs if n.endswith(":" + src_name))
-        dst = next(n for n in outputs if n.endswith(":" + dst_name))
-        assert (src, dst) == (f"RtMidiOut Client:{src_name}", f"RtMidiIn Client:{dst_name}")
-        jack_connect(src, dst)
-        out.send(mido.Message("control_change", channel=3, control=64, value=127))
-        [(_, msg)] = receive(listener, 1)
-        assert (msg.channel, msg.control, msg.value) == (3, 64, 127)
-    finally:
-        inp.close()
-        out.close()
+def test_virtual_output_is_found_by_substring_and_delivers(
+    backend: mido.Backend, clock: MonotonicClock, jack_server: JackServer
+) -> None:
+    def attempt() -> tuple[list[tuple[str, int]], int]:
+        with loopback(backend, clock) as (out, listener):
+            out.send(mido.Message("note_on", note=60, velocity=99))
+            out.send(mido.Message("clock"))  # dropped at the listener's door
+            out.send(mido.Message("note_on", note=60, velocity=0))
+            got = receive(listener, 2) + receive(listener, 1, timeout=0.05)
+            return [(m.type, m.note) for _, m in got], listener.filtered
+
+    def check(result: tuple[list[tuple[str, int]], int]) -> None:
+        got, filtered = result
+        assert got == [("note_on", 60), ("note_off", 60)]
+        assert filtered == 1
+
+    check_delivery(jack_server, attempt, check)
+
+
+def test_jack_connect_routes_between_two_virtual_ports(
+    backend: mido.Backend, clock: MonotonicClock, jack_server: JackServer
+) -> None:
+    def attempt() -> tuple[tuple[str, str], list[mido.Message]]:
+        src_name, dst_name = unique("lt-src"), unique("lt-dst")
+        listener = Listener(clock)
+        out = open_output(backend, src_name, virtual=True)
+        inp = open_input(backend, dst_name, listener.callback, virtual=True)
+        try:
+            inputs, outputs = list_ports(backend)
+            src = next(n for n in inputs if n.endswith(":" + src_name))
+            dst = next(n for n in outputs if n.endswith(":" + dst_name))
+            assert (src, dst) == (f"RtMidiOut Client:{src_name}", f"RtMidiIn Client:{dst_name}")
+            jack_connect(src, dst)
+            warm_up(out, listener)
+            out.send(mido.Message("control_change", channel=3, control=64, value=127))
+            return (src, dst), [m for _, m in receive(listener, 1)]
+        finally:
+            inp.close()
+            out.close()
+
+    def check(result: tuple[tuple[str, str], list[mido.Message]]) -> None:
+        assert [(m.channel, m.control, m.value) for m in result[1]] == [(3, 64, 127)]
+
+    check_delivery(jack_server, attempt, check)
 
 
 def test_ports_command_lists_our_port_as_json(backend: mido.Backend, capsys: pytest.CaptureFixture[str]) -> None:
@@ -127,23 +176,18 @@ def test_unknown_port_name_fails_listing_candidates_and_opens_nothing(
 
 
 @pytest.mark.skipif(not have_jackd(), reason="jackd not installed: apt-get install jackd2")
-def test_no_jack_server_is_a_one_line_backend_error() -> None:
-    env = {**os.environ, "JACK_DEFAULT_SERVER": f"nonexistent-{uuid.uuid4().hex[:6]}", "JACK_NO_START_SERVER": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "liveduet", "ports", "--backend", "jack"], env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 2
-    ours = [line for line in done.stderr.splitlines() if line.startswith("liveduet ports:")]
-    assert len(ours) == 1 and "JACK server not running" in ours[0] and "jackd" in ours[0]
-    assert "Traceback" not in done.stderr
-
-
-def test_backend_error_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_jack_server_is_a_one_line_backend_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # libjack reads the server name at each client open: point it at a server that does not exist.
     monkeypatch.setenv("JACK_DEFAULT_SERVER", f"nonexistent-{uuid.uuid4().hex[:6]}")
     monkeypatch.setenv("JACK_NO_START_SERVER", "1")
     with pytest.raises(MidiBackendError, match="start a JACK server") as info:
         open_output(get_backend("jack"), "whatever")
     assert "\n" not in str(info.value)
+    assert main(["ports", "--backend", "jack"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "JACK server not running" in err and "jackd" in err
 
 
 def test_port_watcher_sees_a_port_vanish_and_return(backend: mido.Backend) -> None:
@@ -168,38 +212,70 @@ def test_port_watcher_sees_a_port_vanish_and_return(backend: mido.Backend) -> No
     assert events == [("lost", full), ("back", full)]
 
 
-def test_scheduler_timing_through_jack(loop: tuple[object, Listener], clock: MonotonicClock) -> None:
-    out, listener = loop
-    sched = Scheduler(out.send, clock)
-    sched.start()
-    start = clock.now() + 0.05
+def test_scheduler_timing_through_jack(backend: mido.Backend, clock: MonotonicClock, jack_server: JackServer) -> None:
     n = 100
-    for i in range(n):  # 100 notes on a 5 ms grid
-        sched.schedule(start + i * 0.005, mido.Message("note_on", note=40 + i % 40, velocity=64))
-        sched.schedule(start + i * 0.005 + 0.004, mido.Message("note_off", note=40 + i % 40))
-    got = receive(listener, 2 * n)
-    assert sched.stop(timeout=5.0)
-    stats = sched.lateness_stats()
-    assert len(got) == 2 * n and stats.count == 2 * n
-    assert [m.note for _, m in got if m.type == "note_on"] == [40 + i % 40 for i in range(n)]
-    # Lenient bound for a shared 2-core machine; typical p99 is well under 1 ms.
-    assert stats.p99 < 0.010, stats
-    arrival = [t - (start + i * 0.005) for i, (t, m) in enumerate(x for x in got if x[1].type == "note_on")]
+    expected = [40 + i % 40 for i in range(n)]
+
+    def attempt() -> tuple[LatenessStats, list[int], list[float]]:
+        with loopback(backend, clock) as (out, listener):
+            sched = Scheduler(out.send, clock)
+            sched.start()
+            try:
+                start = clock.now() + 0.05
+                for i, note in enumerate(expected):  # 100 notes on a 5 ms grid
+                    sched.schedule(start + i * 0.005, mido.Message("note_on", note=note, velocity=64))
+                    sched.schedule(start + i * 0.005 + 0.004, mido.Message("note_off", note=note))
+                got = receive(listener, 2 * n, timeout=1.0)
+            finally:
+                assert sched.stop(timeout=5.0)  # before the port closes: a send after close segfaults
+        ons = [(t, m.note) for t, m in got if m.type == "note_on"]
+        arrival = [t - (start + i * 0.005) for i, (t, _) in enumerate(ons)]
+        return sched.lateness_stats(), [note for _, note in ons], arrival
+
+    def check(result: tuple[LatenessStats, list[int], list[float]]) -> None:
+        stats, notes, _ = result
+        assert stats.count == 2 * n
+        # Lenient bound for a shared 2-core machine; measured p99 well under 1 ms when idle.
+        assert stats.p99 < 0.010, stats
+        assert notes == expected
+
+    results: list[tuple[LatenessStats, list[int], list[float]]] = []
+    check_delivery(jack_server, lambda: results.append(attempt()) or results[-1], check)
+    stats, _, arrival = results[-1]
     print(
-        f"\nscheduler lateness: {stats}; arrival after due: p50 {sorted(arrival)[n // 2] * 1e3:.2f} ms, "
+        f"\nscheduler lateness p50 {stats.p50 * 1e3:.3f} ms, p99 {stats.p99 * 1e3:.3f} ms, "
+        f"max {stats.max * 1e3:.3f} ms; arrival after due p50 {sorted(arrival)[n // 2] * 1e3:.2f} ms, "
         f"max {max(arrival) * 1e3:.2f} ms"
     )
 
 
-def test_paced_panic_arrives_complete_through_jack(loop: tuple[object, Listener], clock: MonotonicClock) -> None:
-    out, listener = loop
-    sched = Scheduler(out.send, clock)
-    notes = [mido.Message("note_on", channel=ch, note=n, velocity=50) for ch in range(16) for n in range(36, 68)]
-    send_paced(sched.send_now, notes, clock)  # 512 held notes, themselves paced
-    assert len(receive(listener, len(notes))) == len(notes)
-    sent = sched.panic()
-    assert sent == 512 + 16 * 3
-    got = receive(listener, sent)
-    assert len(got) == sent  # unpaced, JACK drops and duplicates messages in bursts this size
-    assert [m.type for _, m in got].count("note_off") == 512
-    assert sched.stop(timeout=1.0)
+def test_paced_panic_arrives_complete_through_jack(
+    backend: mido.Backend, clock: MonotonicClock, jack_server: JackServer
+) -> None:
+    held = [mido.Message("note_on", channel=ch, note=n, velocity=50) for ch in range(16) for n in range(36, 68)]
+
+    def attempt() -> tuple[int, list[mido.Message]]:
+        with loopback(backend, clock) as (out, listener):
+            sched = Scheduler(out.send, clock)
+            try:
+                send_paced(sched.send_now, held, clock)  # 512 held notes, themselves paced
+                receive(listener, len(held))
+                sent = sched.panic()
+                got = receive(listener, sent) + receive(listener, 1, timeout=0.05)
+            finally:
+                sched.stop(timeout=1.0)
+        return sent, [m for _, m in got]
+
+    def check(result: tuple[int, list[mido.Message]]) -> None:
+        sent, got = result
+        assert sent == 512 + 16 * 3
+        # Unpaced, JACK drops and repeats messages in bursts this size; paced, every one arrives once.
+        assert len(got) == sent
+        assert sorted((m.channel, m.note) for m in got if m.type == "note_off") == sorted(
+            (m.channel, m.note) for m in held
+        )
+        assert [(m.channel, m.control) for m in got if m.type == "control_change"] == [
+            (ch, cc) for ch in range(16) for cc in (64, 123, 120)
+        ]
+
+    check_delivery(jack_server, attempt, check)
