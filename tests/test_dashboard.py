@@ -101,6 +101,7 @@ def test_listening_frame_without_tokens_or_recording() -> None:
     assert "not recording (start with --record FILE.mid)" in out
     assert "warnings" in out and "none" in out and "⚠" not in out
     assert "out Synth (connected)" in out
+    assert "out none (record only)" in text(render(replace(s, output_name="(none)"), 100))
 
 
 def test_answer_not_started_yet_says_when() -> None:

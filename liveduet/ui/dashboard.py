@@ -45,6 +45,7 @@ NOTICE_S = 3.0  # how long the footer shows the result of a key press
 STATE_STYLE = {"listening": "bold green", "calling": "bold cyan", "answering": "bold magenta"}
 PART_STYLE = {"call": "cyan", "answer": "magenta"}
 SIDE_BY_SIDE_WIDTH = 90  # narrower terminals get the call and answer rolls stacked
+NO_OUTPUT = ("", "(none)")  # what `liveduet run` names the output when there is none (record only)
 FOOTER_KEYS = "p panic   + / - temperature   r record (n/a)   q quit"
 
 Event = tuple[tuple[int, ...], int]  # (pitches, duration in twelfths of a beat), as in music.tokens
@@ -289,9 +290,12 @@ def render(
     )
     ports = Text.assemble(
         "in ", (snapshot.input_name or "—", "bold"), " ",
-        ("(connected)", "green") if snapshot.input_ok else ("(LOST)", "bold red"),
-        "   out ", (snapshot.output_name or "—", "bold"), " ",
-        ("(connected)", "green") if snapshot.output_ok else ("(LOST)", "bold red"),
+        ("(connected)", "green") if snapshot.input_ok else ("(LOST)", "bold red"), "   out ",
+        *(
+            (("none", "bold"), (" (record only)", "dim")) if snapshot.output_name in NO_OUTPUT
+            else ((snapshot.output_name, "bold"), " ",
+                  ("(connected)", "green") if snapshot.output_ok else ("(LOST)", "bold red"))
+        ),
     )
     controls = Text.assemble(
         "temperature ", (f"{e.temperature:.2f}", "bold"), " (+/-)   answer length ",
@@ -343,6 +347,12 @@ def render(
 
 
 # ---- the live view and the keys -----------------------------------------------------------------
+
+
+def _import_music21() -> None:
+    with contextlib.suppress(ImportError):
+        import music21.chord  # noqa: F401
+        import music21.stream  # noqa: F401
 
 
 class LogBuffer:
@@ -428,7 +438,7 @@ class Dashboard:
         elif key in "+=-_":
             self._nudge_temperature(TEMPERATURE_STEP if key in "+=" else -TEMPERATURE_STEP)
         elif key in "rR":
-            self.say("recording is chosen at start (--record FILE.mid); it cannot be toggled here")
+            self.say("recording is set at start (--record FILE.mid)")
         elif key in "qQ":
             self.say("quitting: all notes off, saving the recording")
             self.stop_event.set()
@@ -474,7 +484,7 @@ class Dashboard:
                 return None
             self._tty_saved = termios.tcgetattr(fd)
             self._tty_fd = fd
-            tty.setcbreak(fd)
+            tty.setcbreak(fd, termios.TCSANOW)  # TCSANOW: keys typed while starting are kept, not flushed
         except (ImportError, OSError, ValueError, AttributeError):
             return None
         return fd
@@ -496,6 +506,7 @@ class Dashboard:
 
         # The restore must happen whatever ends the process short of a kill -9.
         atexit.register(self._restore_tty)
+
         if self._capture:
             self._log = LogBuffer(sys.stderr)
             sys.stderr = self._log  # type: ignore[assignment]
@@ -513,6 +524,9 @@ class Dashboard:
         if fd is not None:
             self._key_thread = threading.Thread(target=self._read_keys, args=(fd,), name="liveduet-keys", daemon=True)
             self._key_thread.start()
+        # music21 takes ~0.7 s of busy interpreter to import: now, while the player has barely begun,
+        # rather than in the middle of the first phrase when the first key name is wanted.
+        threading.Thread(target=_import_music21, name="liveduet-music21", daemon=True).start()
 
     def stop(self) -> None:
         """Stop the view and the key thread; the terminal is as it was, the log printed below."""
