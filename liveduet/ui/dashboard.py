@@ -254,7 +254,7 @@ def _phrase_panel(title: str, part: str, names: Sequence[str], width: int, max_r
         body.append("(nothing yet)\n", style="dim")
     body.append(token_line(names, inner), style="bold" if names else "dim")
     beats = sum(d for _, d in events) / TICKS
-    subtitle = f"{len(names)} tokens, {beats:g} beats" if names else None
+    subtitle = f"{len(names)} tokens, {beats:.2f}".rstrip("0").rstrip(".") + " beats" if names else None
     return Panel(body, title=title, title_align="left", subtitle=subtitle, subtitle_align="right", width=width)
 
 

@@ -187,7 +187,9 @@ def draw_report(midi: str | os.PathLike[str], out: str | os.PathLike[str], force
         ax.set_xlabel("time (s)")
         ax.set_ylabel("pitch")
         ax.grid(axis="x", alpha=0.2)
-        ax.legend(handles=[Patch(color=_colour(p, parts), label=p) for p in parts], loc="upper right", fontsize=8)
+        # Outside the axes: inside, it hides notes at the top right.
+        ax.legend(handles=[Patch(color=_colour(p, parts), label=p) for p in parts], loc="upper left",
+                  bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
         ax.set_title(title_for(midi.name, notes, phrases), fontsize=10, pad=16)
         fig.tight_layout()
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.png")
