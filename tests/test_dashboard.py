@@ -126,11 +126,14 @@ def test_other_widths_fit(width: int) -> None:
     assert "ANSWERING" in out and "q quit" in out and "⚠ output port lost" in out
 
 
-def test_height_shrinks_the_rolls() -> None:
-    tall = text(render(snap(), 100)).count("\n")
-    short = text(render(snap(), 100, height=30)).count("\n")
-    assert short < tall
-    assert short <= 30
+@pytest.mark.parametrize("width", [70, 100])
+def test_height_shrinks_the_rolls(width: int) -> None:
+    warned = snap(warnings=("a", "b", "c"))
+    tall = text(render(warned, width, log=["x", "y", "z"]), width).count("\n")
+    for height in ((30, 40) if width >= 100 else (40,)):
+        lines = text(render(warned, width, height, log=["x", "y", "z"]), width).splitlines()
+        assert len(lines) <= height and lines[-1].startswith("p panic")
+    assert text(render(warned, width, 30, log=["x", "y", "z"]), width).count("\n") < tall
 
 
 def test_long_token_lists_keep_the_newest() -> None:

@@ -304,11 +304,28 @@ def render(
     )
     top = Panel(Group(head, ports, controls), title="liveduet", title_align="left", width=width)
 
-    # Rows left for the two piano rolls: everything else takes about 24 (fewer when stacked).
+    rec = (
+        Text.assemble("recording ", (snapshot.recording, "bold red"), f"  {snapshot.recorded_s:.1f} s")
+        if snapshot.recording else Text("not recording (start with --record FILE.mid)", style="dim")
+    )
+    figures = Text.assemble(
+        f"model step p50 {_fmt_ms(e.step_p50_ms)}  p99 {_fmt_ms(e.step_p99_ms)}   ",
+        f"answer lateness p99 {_fmt_ms(snapshot.late_p99_ms)}   ",
+        ("dropped " + str(snapshot.dropped), "bold red" if snapshot.dropped else ""),
+        f"   elapsed {snapshot.elapsed_s:.0f} s",
+    )
+
+    # Rows left for the piano rolls once the other panels have theirs (each roll adds 5: its scale,
+    # two token lines, two borders), so the footer with the keys stays on screen.
     side = width >= SIDE_BY_SIDE_WIDTH
     rows = MAX_ROLL_ROWS
     if height is not None:
-        rows = max(2, min(MAX_ROLL_ROWS, (height - 24) if side else (height - 30) // 2))
+        def lines(*texts: Text, inner: int = width - 4) -> int:
+            return sum(max(1, math.ceil(t.cell_len / max(1, inner))) for t in texts)
+
+        others = (2 + lines(head, ports, controls) + 2 + lines(figures, rec) + 2
+                  + max(1, min(3, len(e.warnings))) + (2 + min(3, len(log)) if log else 0) + lines(footer, inner=width))
+        rows = max(2, min(MAX_ROLL_ROWS, (height - others) - 5 if side else (height - others) // 2 - 5))
     if side:
         half = width // 2
         rolls: RenderableType = Table.grid()
@@ -320,16 +337,6 @@ def render(
         rolls = Group(_phrase_panel("last call", "call", e.call_tokens, width, rows),
                       _phrase_panel("answer", "answer", e.answer_tokens, width, rows))
 
-    rec = (
-        Text.assemble("recording ", (snapshot.recording, "bold red"), f"  {snapshot.recorded_s:.1f} s")
-        if snapshot.recording else Text("not recording (start with --record FILE.mid)", style="dim")
-    )
-    figures = Text.assemble(
-        f"model step p50 {_fmt_ms(e.step_p50_ms)}  p99 {_fmt_ms(e.step_p99_ms)}   ",
-        f"answer lateness p99 {_fmt_ms(snapshot.late_p99_ms)}   ",
-        ("dropped " + str(snapshot.dropped), "bold red" if snapshot.dropped else ""),
-        f"   elapsed {snapshot.elapsed_s:.0f} s",
-    )
     stats = Panel(Group(figures, rec), title="figures", title_align="left", width=width)
 
     warn = Text()
