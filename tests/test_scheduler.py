@@ -9,7 +9,7 @@ import pytest
 
 from liveduet.io.fake import FakeInput, FakeOutput, SendAfterCloseError
 from liveduet.live.clock import ManualClock, MonotonicClock
-from liveduet.live.listener import Listener
+from liveduet.live.listener import Listener, clean
 from liveduet.live.panic import channel_silence, panic_messages, send_paced
 from liveduet.live.scheduler import THRU_TAG, LatenessStats, Scheduler, percentile
 
@@ -304,7 +304,7 @@ def test_manual_clock_moves_only_forward_and_waits_without_sleeping() -> None:
     assert real.wait(ev, 1.0) is True and real.now() > 0
 
 
-def test_listener_stamps_filters_and_normalises(clock) -> None:
+def test_listener_stamps_and_filters_keeping_the_players_bytes(clock) -> None:
     ticks: list[float] = []
     listener = Listener(clock, on_clock=lambda t, m: ticks.append(t))
     port = FakeInput(callback=listener.callback)
@@ -313,7 +313,9 @@ def test_listener_stamps_filters_and_normalises(clock) -> None:
     port.push([mido.Message("clock"), mido.Message("active_sensing"), mido.Message("sysex", data=[1, 2])])
     port.push([mido.Message("reset"), mido.Message("songpos", pos=4), on(60, vel=0)])
     got = listener.drain()
-    assert [(t, m.type) for t, m in got] == [(100.0, "note_on"), (100.25, "note_off")]
+    # A velocity-0 note-on passes unchanged (thru sends the player's bytes); `clean` normalises it.
+    assert [(t, m.type, m.velocity) for t, m in got] == [(100.0, "note_on", 80), (100.25, "note_on", 0)]
+    assert clean(got[1][1]).type == "note_off"
     assert listener.filtered == 5 and ticks == [100.25, 100.25]
     assert listener.get(timeout=0) is None
 
@@ -335,3 +337,13 @@ def test_fake_input_holds_messages_until_a_callback_is_set() -> None:
     port.close()
     port.push(on(62))
     assert port.pending == [on(60)] and got == [on(61)]
+
+
+def test_thru_sends_the_players_bytes_unchanged(clock) -> None:
+    out = FakeOutput(clock)
+    sched = Scheduler(out.send, clock)
+    zero = mido.Message("note_on", note=60, velocity=0)
+    sched.send_now(mido.Message("note_on", note=60, velocity=90))
+    sched.send_now(zero)
+    assert out.messages[-1] == zero, "a velocity-0 note-on goes out as it came in"
+    assert sched.open_notes() == [], "and it closed the note in the bookkeeping"

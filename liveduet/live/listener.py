@@ -66,7 +66,9 @@ class Listener:
                 self.on_clock(t, msg)
             return
         try:
-            self.queue.put_nowait((t, kept))
+            # The original goes on, so thru can pass the player's bytes unchanged; consumers that
+            # need the normalised form call `clean` (the session does before the engine).
+            self.queue.put_nowait((t, msg))
         except queue.Full:
             self.dropped += 1
 

@@ -141,7 +141,9 @@ class Scheduler:
                 self.refused_after_close += 1
                 return False
             now = self._clock.now()
-            self._deliver(kept, tag, now, measure=False)
+            # Bookkeeping sees the normalised message; the wire gets the player's bytes unchanged
+            # (a velocity-0 note-on stays one: latency testers and some synths care).
+            self._deliver(kept, tag, now, measure=False, wire=msg)
         return True
 
     # ---- the worker ----------------------------------------------------------------------------
@@ -284,7 +286,7 @@ class Scheduler:
 
     # ---- internals (call with the lock held) ------------------------------------------------------
 
-    def _deliver(self, msg: mido.Message, tag: str, due: float, measure: bool) -> int:
+    def _deliver(self, msg: mido.Message, tag: str, due: float, measure: bool, wire: mido.Message | None = None) -> int:
         """Send one message with open-note bookkeeping; return how many messages went out."""
         if msg.type == "note_on":
             key = (msg.channel, msg.note)
@@ -295,7 +297,7 @@ class Scheduler:
                 off = mido.Message("note_off", channel=msg.channel, note=msg.note, velocity=0)
                 self._emit(off, due, report=owner != THRU_TAG)
                 out += 1
-            actual = self._emit(msg, due, report=tag != THRU_TAG)
+            actual = self._emit(msg, due, report=tag != THRU_TAG, wire=wire)
             self._open[key] = tag
             if measure:
                 self._lateness.append(actual - due)
@@ -312,7 +314,7 @@ class Scheduler:
                 self._pedal[msg.channel] = tag
             else:
                 self._pedal.pop(msg.channel, None)
-        actual = self._emit(msg, due, report=tag != THRU_TAG)
+        actual = self._emit(msg, due, report=tag != THRU_TAG, wire=wire)
         if measure:
             self._lateness.append(actual - due)
         return 1
@@ -326,8 +328,9 @@ class Scheduler:
 
         return emit
 
-    def _emit(self, msg: mido.Message, due: float | None = None, report: bool = True) -> float:
-        self._send(msg)
+    def _emit(self, msg: mido.Message, due: float | None = None, report: bool = True,
+              wire: mido.Message | None = None) -> float:
+        self._send(msg if wire is None else wire)
         actual = self._clock.now()
         self.sent += 1
         self._channels.add(msg.channel)

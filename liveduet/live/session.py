@@ -27,7 +27,7 @@ import mido
 
 from liveduet.live.clock import Clock, MonotonicClock
 from liveduet.live.engine import Engine, EngineSnapshot
-from liveduet.live.listener import Listener
+from liveduet.live.listener import Listener, clean
 from liveduet.live.phrase import State
 from liveduet.live.recorder import Recorder
 from liveduet.live.scheduler import Scheduler
@@ -150,7 +150,7 @@ class Session:
                 self.scheduler.send_now(msg)
             if self.recorder is not None and not is_control:
                 self.recorder.record_player(msg, t)
-            self._to_engine.put((t, msg))
+            self._to_engine.put((t, clean(msg) or msg))
 
     def _run_engine(self) -> None:
         engine = self.engine
