@@ -285,8 +285,8 @@ def test_frame_pulls_the_snapshot() -> None:
 
 def test_stderr_goes_to_the_log_panel_then_back() -> None:
     original = sys.stderr
-    board = Dashboard(FakeSession(snap()), threading.Event(), console=Console(file=io.StringIO(), width=100),
-                      keys=False)
+    screen = Console(file=io.StringIO(), width=100, height=40, force_terminal=True)
+    board = Dashboard(FakeSession(snap()), threading.Event(), console=screen, keys=False)
     board.start()
     try:
         assert sys.stderr is not original
@@ -295,6 +295,18 @@ def test_stderr_goes_to_the_log_panel_then_back() -> None:
     finally:
         board.stop()
     assert sys.stderr is original
+    assert "\x1b[?1049h" in screen.file.getvalue()  # the alternate screen, left again at stop
+    assert screen.file.getvalue().rstrip().endswith("\x1b[?1049l")
+
+
+def test_piped_output_keeps_stderr() -> None:
+    original = sys.stderr
+    board = Dashboard(FakeSession(snap()), threading.Event(), console=Console(file=io.StringIO()), keys=False)
+    board.start()
+    try:
+        assert sys.stderr is original
+    finally:
+        board.stop()
 
 
 def test_keys_from_a_terminal_and_the_terminal_restored(monkeypatch: pytest.MonkeyPatch) -> None:

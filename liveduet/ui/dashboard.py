@@ -514,7 +514,8 @@ class Dashboard:
         # The restore must happen whatever ends the process short of a kill -9.
         atexit.register(self._restore_tty)
 
-        if self._capture:
+        # Not a terminal (output piped): no live screen to keep clean, so log lines go out as they come.
+        if self._capture and self.console.is_terminal:
             self._log = LogBuffer(sys.stderr)
             sys.stderr = self._log  # type: ignore[assignment]
         fd = self._raw_stdin()
