@@ -544,6 +544,8 @@ class Dashboard:
                 self._key_thread.join(1.0)
             if self._live is not None:
                 self._live.stop()
+                if not self.console.is_terminal:
+                    self.console.line()  # the last frame ends without one; log lines follow it
         finally:
             self._restore_tty()
             self._release_stderr()
