@@ -474,7 +474,10 @@ class Dashboard:
                 if not data:
                     return  # stdin closed
                 for key in data.decode("utf-8", "ignore"):
-                    self.handle_key(key)
+                    try:
+                        self.handle_key(key)
+                    except Exception as err:  # a failed key must not end the key thread: say so, go on
+                        self.say(f"key {key!r} failed: {err}")
         finally:
             self._restore_tty()
 
