@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import mido
@@ -63,6 +64,27 @@ def midi_bytes(*tracks: list[mido.Message | mido.MetaMessage], tpb: int = 480) -
 )
 def test_quantize_to_16th_and_triplet_grid(beat: float, twelfths: int) -> None:
     assert S.quantize(beat) == twelfths
+
+
+@pytest.mark.parametrize("grid", [(0, 3, 4, 6, 8, 9), (0, 6), (0, 4, 8), tuple(range(12)), (0, 8, 3)])
+def test_quantize_matches_the_plain_rule(grid: tuple[int, ...]) -> None:
+    """quantize's lookup equals 'nearest grid point, ties earlier' on random beats and at every midpoint."""
+    settings = TokenizerSettings(grid=grid)
+    points = (*grid, 12)
+
+    def plain(beat: float) -> int:
+        whole = int(beat // 1)
+        frac = (beat - whole) * 12
+        return whole * 12 + min(points, key=lambda g: (abs(frac - g), g))
+
+    rng = random.Random(5)
+    beats = [rng.uniform(0, 500) for _ in range(20_000)]
+    ordered = sorted(points)
+    for whole in range(4):
+        for a, b in zip(ordered, ordered[1:]):
+            mid = whole + (a + b) / 24
+            beats += [mid, math.nextafter(mid, 0), math.nextafter(mid, 99)]
+    assert [settings.quantize(b) for b in beats] == [plain(b) for b in beats]
 
 
 def test_next_grid() -> None:
@@ -314,6 +336,23 @@ def test_nearest_then_most_frequent() -> None:
     major, minor = (C4, E4, G4), (C4, 63, G4)
     assert Vocabulary(S, [major, minor]).pitch_id([C4, G4]) == Vocabulary(S, [major, minor]).pitch_id(major)
     assert Vocabulary(S, [minor, major]).pitch_id([C4, G4]) == Vocabulary(S, [minor, major]).pitch_id(minor)
+
+
+def test_nearest_matches_the_documented_rule_by_brute_force() -> None:
+    rng = random.Random(2)
+    chords = {tuple(sorted(rng.sample(range(40, 90), rng.randint(2, 6)))) for _ in range(800)}
+    v = Vocabulary(S, sorted(chords))
+
+    def rule(q: tuple[int, ...]) -> int:
+        def key(i: int) -> tuple[int, int, int, int]:
+            c = v.pitchsets[i]
+            return (len(set(c) ^ set(q)), abs((c[-1] if c else -100) - q[-1]), abs((c[0] if c else -100) - q[0]), i)
+
+        return v.rest_id + min(range(len(v.pitchsets)), key=key)
+
+    queries = [tuple(sorted(rng.sample(range(21, 109), rng.randint(1, 9)))) for _ in range(300)]
+    queries += [tuple(sorted({p + rng.choice((-1, 0, 1)) for p in c})) for c in list(chords)[:300]]
+    assert [v.nearest(q) for q in queries] == [rule(q) for q in queries]
 
 
 @pytest.mark.parametrize(

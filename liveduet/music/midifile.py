@@ -114,17 +114,20 @@ def parse_midi(data: bytes, max_seconds: float = MAX_SECONDS) -> MidiNotes:
         status = 0
         struck: dict[int, int] = {}  # pitch → tick of its latest note-on in this track
         while i < body_end:
-            delta = 0
-            for _ in range(4):
-                if i >= body_end:
-                    raise MidiFileError(f"track {found} ends inside a delta time")
-                b = data[i]
-                i += 1
-                delta = (delta << 7) | (b & 0x7F)
-                if not b & 0x80:
-                    break
-            else:
-                raise MidiFileError(f"track {found}: variable-length number over 4 bytes")
+            delta = data[i]  # i < body_end: the loop condition
+            i += 1
+            if delta & 0x80:  # a delta of 128 ticks or more: up to 3 more bytes
+                delta &= 0x7F
+                for _ in range(3):
+                    if i >= body_end:
+                        raise MidiFileError(f"track {found} ends inside a delta time")
+                    b = data[i]
+                    i += 1
+                    delta = (delta << 7) | (b & 0x7F)
+                    if not b & 0x80:
+                        break
+                else:
+                    raise MidiFileError(f"track {found}: variable-length number over 4 bytes")
             tick += delta
             if tick > max_tick:
                 raise MidiFileError(f"an event lies {tick // tpb} beats in (cap {MAX_BEATS}): broken delta time")
