@@ -67,7 +67,9 @@ def test_select_pieces_caps_tokens_and_is_fixed() -> None:
     assert sum(len(p) - 1 for p in select_pieces(pieces, 10**6)) == 49 + 29 + 79 + 39
 
 
-@pytest.mark.parametrize("field,value", [("prime", 32), ("max_tokens", 0), ("order", 0), ("temperature", 0.0)])
+@pytest.mark.parametrize(
+    "field,value", [("prime", 32), ("max_tokens", 0), ("order", 0), ("temperature", 0.0), ("threads", 0)]
+)
 def test_options_refuse_bad_values(field: str, value: float) -> None:
     from liveduet.errors import LiveduetError
 

@@ -55,13 +55,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--order", type=int, default=d.order, help=f"Markov context length (default {d.order})")
     p.add_argument("--temperature", type=float, default=d.temperature, help="sampling temperature (default 1.0)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"sampling seed (default {d.seed})")
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help=f"torch threads for batched scoring (default {d.threads}; more helps only on idle cores)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     options = EvalOptions(max_tokens=args.max_tokens, samples=args.samples, length=args.length, prime=args.prime,
-                          order=args.order, temperature=args.temperature, seed=args.seed)
+                          order=args.order, temperature=args.temperature, seed=args.seed,
+                          threads=args.threads)
     model = args.model if args.model is not None else _default_model()
     err = Console(stderr=True, quiet=args.quiet)
     with err.status("evaluating") as status:
