@@ -60,10 +60,11 @@ class StepModule(nn.Module):
         return self.model.initial_state_list(batch)
 
 
-def script_step_module(model: DuetLM) -> torch.jit.ScriptModule:
-    """TorchScript of the step module. torch 2.13 deprecates torch.jit with a warning on every call;
-    it is silenced here only, around our own calls (pytest turns our DeprecationWarnings into errors)."""
-    model = model.eval()
+def script_step_module(model: DuetLM, fuse: bool = True) -> torch.jit.ScriptModule:
+    """TorchScript of the step module (with the LSTM fused for batch-1 steps unless `fuse` is False).
+    torch 2.13 deprecates torch.jit with a warning on every call; it is silenced here only, around
+    our own calls (pytest turns our DeprecationWarnings into errors)."""
+    model = model.fused_for_stepping() if fuse else model.eval()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit.*")
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit.*")

@@ -12,17 +12,20 @@ it arrives), `sample()` draws the next token and feeds it. The draw is shaped, i
      identical note or chord);
    - a figure of 2..`loop_period` pitch tokens (default 8) that has just been played `max_loop`
      times in a row (default 4) may not start again: its first token is masked.
-   0 turns either rule off. Music repeats on purpose (Alberti basses, sequences), so the guard only cuts what has already
-   gone on long; it is a hard mask, not a soft penalty, so its effect is the same at every
+   0 turns either rule off. Music repeats on purpose (Alberti basses, sequences), so the guard
+   only cuts what has already gone on long; it is a hard mask, not a soft penalty, so its effect is the same at every
    temperature. If it would mask every option, it is ignored for that draw;
 4. temperature (0 = greedy), then top-k, then top-p (nucleus).
 
-Masks are precomputed tensors; a draw allocates only a few V-sized temporaries.
+Masks are precomputed tensors (the scale lock is folded into the pitch mask when set); a draw
+is one fused mask-and-scale pass, a softmax and an inverse-CDF pick (~30 µs for V = 2,000).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import random
 
 import numpy as np
 import torch
@@ -49,22 +52,19 @@ class Sampler:
         if max_repeat < 0 or max_loop < 0 or loop_period < 2:
             raise ValueError("max_repeat and max_loop must be >= 0 (0 = off), loop_period >= 2")
         self.max_repeat, self.max_loop, self.loop_period = max_repeat, max_loop, loop_period
-        self._gen = torch.Generator()
-        self._gen.manual_seed(seed if seed is not None else int(torch.seed() & 0x7FFF_FFFF))
 
         pitch = torch.from_numpy(self.vocab.pitch_mask)
         dur = torch.from_numpy(self.vocab.duration_mask)
         zero, ninf = torch.zeros(V), torch.full((V,), NEG_INF)
         self._mask_duration = torch.where(dur, zero, ninf)  # [V] after a pitch token
-        self._mask_pitch = torch.where(pitch, zero, ninf)  # [V] after <bos>/<eos>/a duration
-        self._mask_pitch_eos = self._mask_pitch.clone()
-        self._mask_pitch_eos[EOS] = 0.0
+        self._grammar_pitch = torch.where(pitch, zero, ninf)  # [V] after <bos>/<eos>/a duration
+        self._rng = random.Random(seed if seed is not None else int.from_bytes(os.urandom(8), "little"))
         # Pitch classes of each pitch token, for the scale lock: [number of pitch sets, 12].
         self._pcs = np.zeros((len(self.vocab.pitchsets), 12), dtype=np.bool_)
         for i, ps in enumerate(self.vocab.pitchsets):
             self._pcs[i, [p % 12 for p in ps]] = True
-        self._scale: Tensor | None = None  # additive [V] mask, or None when unlocked
         self.pitch_classes: frozenset[int] | None = None
+        self.set_pitch_classes(None)
         self.reset()
 
     # -- settings ----------------------------------------------------------------------------
@@ -100,17 +100,18 @@ class Sampler:
 
     def set_pitch_classes(self, allowed: set[int] | frozenset[int] | None) -> None:
         """Lock pitch tokens to these pitch classes (0 = C .. 11 = B); None unlocks. Rests stay allowed."""
-        if allowed is None:
-            self._scale, self.pitch_classes = None, None
-            return
-        if any(not 0 <= pc < 12 for pc in allowed):
-            raise ValueError(f"pitch classes must be 0..11, got {sorted(allowed)}")
-        outside = np.ones(12, dtype=np.bool_)
-        outside[list(allowed)] = False
-        bad = (self._pcs & outside).any(axis=1)  # [pitch sets]; the rest has no pitch class: never bad
-        mask = torch.zeros(len(self.vocab))
-        mask[self.vocab.rest_id :][torch.from_numpy(bad)] = NEG_INF
-        self._scale, self.pitch_classes = mask, frozenset(allowed)
+        mask = self._grammar_pitch.clone()  # [V]: the grammar and the scale in one additive mask
+        if allowed is not None:
+            if any(not 0 <= pc < 12 for pc in allowed):
+                raise ValueError(f"pitch classes must be 0..11, got {sorted(allowed)}")
+            outside = np.ones(12, dtype=np.bool_)
+            outside[list(allowed)] = False
+            bad = (self._pcs & outside).any(axis=1)  # [pitch sets]; the rest has no pitch class: never bad
+            mask[self.vocab.rest_id :][torch.from_numpy(bad)] = NEG_INF
+        self._mask_pitch = mask
+        self._mask_pitch_eos = mask.clone()
+        self._mask_pitch_eos[EOS] = 0.0
+        self.pitch_classes = None if allowed is None else frozenset(allowed)
 
     # -- stepping ----------------------------------------------------------------------------
     def reset(self) -> None:
@@ -161,28 +162,26 @@ class Sampler:
                 out.append(h[-p])
         return out
 
-    def _scores(self, use_guard: bool) -> Tensor:
-        """The logits after grammar, scale, guard and temperature masks: [V]."""
-        x = self._logits.clone()
-        if self._temperature > 0:
-            x.div_(self._temperature)
+    def _scores(self, use_guard: bool) -> tuple[Tensor, bool]:
+        """The logits after temperature, grammar, scale and guard masks ([V], a new tensor), and
+        whether the guard masked anything."""
         if self._expect_duration:
-            x.add_(self._mask_duration)
+            mask = self._mask_duration
         else:
-            x.add_(self._mask_pitch_eos if self.allow_eos else self._mask_pitch)
-            if self._scale is not None:
-                x.add_(self._scale)
-            if use_guard:
-                for t in self.banned():
-                    x[t] = NEG_INF
-        return x
+            mask = self._mask_pitch_eos if self.allow_eos else self._mask_pitch
+        inv_t = 1.0 / self._temperature if self._temperature > 0 else 1.0
+        x = torch.add(mask, self._logits, alpha=inv_t)  # one pass: mask + logits / T
+        banned = self.banned() if use_guard and not self._expect_duration else []
+        for t in banned:
+            x[t] = NEG_INF
+        return x, bool(banned)
 
     def sample(self) -> int:
         """Draw the next token, feed it, and return it."""
         with torch.inference_mode():
-            x = self._scores(use_guard=True)
-            if not torch.isfinite(x).any():
-                x = self._scores(use_guard=False)
+            x, guarded = self._scores(use_guard=True)
+            if guarded and float(x.max()) == NEG_INF:  # the guard masked every option: let it go
+                x, _ = self._scores(use_guard=False)
             token = self._draw(x)
         self.feed(token)
         return token
@@ -190,17 +189,32 @@ class Sampler:
     def _draw(self, x: Tensor) -> int:
         if self._temperature == 0:
             return int(torch.argmax(x))
+        idx: Tensor | None = None
         if 0 < self._top_k < x.numel():
-            kth = torch.topk(x, self._top_k).values[-1]
-            x = x.masked_fill(x < kth, NEG_INF)
-        if self._top_p < 1.0:
-            sorted_x, order = torch.sort(x, descending=True)
-            cum = torch.softmax(sorted_x, dim=0).cumsum(dim=0)
-            # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
-            drop = (cum - torch.softmax(sorted_x, dim=0)) >= self._top_p
-            x = x.index_fill(0, order[drop], NEG_INF)
+            x, idx = torch.topk(x, self._top_k)  # sorted, descending
         probs = torch.softmax(x, dim=0)
-        return int(torch.multinomial(probs, 1, generator=self._gen))
+        if self._top_p < 1.0:
+            if idx is None:
+                probs, idx = self._top_mass(probs, self._top_p)
+            # The smallest prefix whose mass reaches top_p (at least one token).
+            keep = int(torch.searchsorted(probs.cumsum(0), self._top_p)) + 1
+            probs, idx = probs[:keep], idx[:keep]
+        # Inverse-CDF draw from one uniform number: ~10x cheaper than torch.multinomial here.
+        cdf = probs.cumsum(0)
+        u = self._rng.random() * float(cdf[-1])
+        pick = min(int(torch.searchsorted(cdf, u, right=True)), cdf.numel() - 1)
+        return int(idx[pick]) if idx is not None else pick
+
+    @staticmethod
+    def _top_mass(probs: Tensor, p: float) -> tuple[Tensor, Tensor]:
+        """The likeliest tokens, sorted, enough of them to hold mass p. A full sort of V costs
+        ~0.1 ms; a model's distribution is peaked, so a top-32 usually suffices."""
+        k = 32
+        while True:
+            vals, idx = torch.topk(probs, min(k, probs.numel()))
+            if k >= probs.numel() or float(vals.sum()) >= p:
+                return vals, idx
+            k *= 4
 
     def sample_event(self) -> Event | None:
         """Draw one (pitches, duration in twelfths) event; None if the model ended the piece (<eos>)."""
