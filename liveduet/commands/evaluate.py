@@ -25,14 +25,6 @@ METRIC_LABELS = {
 }
 
 
-def _default_model() -> Path:
-    try:
-        from liveduet.model.runtime import default_model_dir
-    except ImportError:
-        return Path("models/default")
-    return Path(default_model_dir())
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     d = EvalOptions()
     p = sub.add_parser(
@@ -43,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "training pieces; then continuations of validation pieces by the model and the Markov model, with "
         "musical metrics next to those of the real continuations.",
     )
-    p.add_argument("--model", type=Path, default=None, help="exported model (default: the default model)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="exported model folder (default: $LIVEDUET_MODEL, else models/default)")
     p.add_argument("--data", type=Path, default=Path("data/default"),
                    help="prepared data folder (default data/default)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
@@ -53,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=int, default=d.max_tokens,
                    help=f"validation tokens scored, at most (default {d.max_tokens:,})")
     p.add_argument("--order", type=int, default=d.order, help=f"Markov context length (default {d.order})")
+    p.add_argument("--markov-tokens", type=int, default=d.markov_tokens,
+                   help=f"train tokens the Markov model is fitted on, at most (default {d.markov_tokens:,})")
     p.add_argument("--temperature", type=float, default=d.temperature, help="sampling temperature (default 1.0)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"sampling seed (default {d.seed})")
     p.add_argument("--threads", type=int, default=d.threads,
@@ -63,9 +58,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = EvalOptions(max_tokens=args.max_tokens, samples=args.samples, length=args.length, prime=args.prime,
-                          order=args.order, temperature=args.temperature, seed=args.seed,
-                          threads=args.threads)
-    model = args.model if args.model is not None else _default_model()
+                          order=args.order, markov_tokens=args.markov_tokens, temperature=args.temperature,
+                          seed=args.seed, threads=args.threads)
+    from liveduet.model.runtime import default_model_dir
+
+    model = args.model if args.model is not None else default_model_dir()
     err = Console(stderr=True, quiet=args.quiet)
     with err.status("evaluating") as status:
         report = evaluate_paths(model, args.data, options, log=lambda text: status.update(text))
@@ -102,5 +99,6 @@ def render(report: dict, console: Console) -> None:
         table.add_row(METRIC_LABELS[key], *(fmt.format(v) for v in values))
     console.print(table)
     secs = report["seconds"]
-    console.print(f"[dim]Markov fit {secs['markov_fit']:.1f} s on {report['train_tokens']:,} train tokens; "
+    console.print(f"[dim]Markov fit {secs['markov_fit']:.1f} s on {markov['train_tokens']:,} of "
+                  f"{report['train_tokens']:,} train tokens; "
                   f"model scoring {secs['model_score']:.1f} s; sampling {secs['sampling']:.1f} s[/dim]")

@@ -17,18 +17,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from liveduet.errors import LiveduetError, VocabularyError
 from liveduet.model.baselines import Markov, Score, Unigram
-from liveduet.model.runtime import ModelRuntime
-from liveduet.model.sampling import Sampler
 from liveduet.music import metrics
 from liveduet.music.dataset import Dataset, load_dataset
 from liveduet.music.tokens import BOS, EOS, PAD, Vocabulary
+
+# torch loads inside the functions that need it: the CLI imports this module for EvalOptions'
+# defaults whenever it builds its parser, and torch costs seconds to import.
+if TYPE_CHECKING:
+    from liveduet.model.runtime import ModelRuntime
 
 WINDOW = 256  # time steps per forward call; the LSTM state carries over between windows
 BATCH = 16  # pieces per forward call: logits are BATCH × WINDOW × V floats (~50 MB at V = 3,000)
@@ -41,6 +43,9 @@ class EvalOptions:
     length: int = 200  # tokens per continuation
     prime: int = 33  # tokens of each val piece given as the prompt: <bos> + 16 events
     order: int = 8  # Markov context length
+    # Train tokens the Markov model is fitted on, at most: fitting takes ~3 s and ~180 MB per million
+    # tokens (10M: 31 s, 1.8 GB), so a corpus with 12 transpositions is subsampled by piece.
+    markov_tokens: int = 10_000_000
     unigram_k: float = 0.5
     temperature: float = 1.0
     seed: int = 0
@@ -58,6 +63,8 @@ class EvalOptions:
             raise LiveduetError(f"--length must be at least 1, got {self.length}")
         if self.prime < 1 or self.prime % 2 == 0:
             raise LiveduetError(f"--prime must be odd (<bos> plus whole events), got {self.prime}")
+        if self.markov_tokens < 1:
+            raise LiveduetError(f"--markov-tokens must be at least 1, got {self.markov_tokens}")
         if not 1 <= self.order <= 32:
             raise LiveduetError(f"--order must be 1..32, got {self.order}")
         if not 1 <= self.threads <= 256:
@@ -78,8 +85,8 @@ def check_vocabulary(model_vocab: Vocabulary, data: Dataset, model_path: str | P
 
 
 def select_pieces(pieces: Sequence[np.ndarray], max_tokens: int) -> list[np.ndarray]:
-    """Val pieces in a fixed shuffled order until `max_tokens` tokens; the last one is cut to fit.
-    Shuffled because pieces are stored by source, and a cap would otherwise score only the first."""
+    """Pieces in a fixed shuffled order until `max_tokens` predicted tokens; the last one is cut to
+    fit. Shuffled because pieces are stored by source, and a cap would otherwise take only the first."""
     order = np.random.default_rng(0).permutation(len(pieces))
     out, total = [], 0
     for i in order:
@@ -94,28 +101,31 @@ def select_pieces(pieces: Sequence[np.ndarray], max_tokens: int) -> list[np.ndar
     return out
 
 
-@torch.inference_mode()
 def score_model(runtime: ModelRuntime, pieces: Sequence[np.ndarray], batch: int = BATCH, window: int = WINDOW) -> Score:
     """NLL, perplexity and top-1 of a ModelRuntime on whole pieces, each from the initial state."""
+    import torch
+    import torch.nn.functional as F
+
     nll, correct, count = 0.0, 0, 0
-    by_length = sorted(pieces, key=len, reverse=True)  # similar lengths together: little padding
-    for a in range(0, len(by_length), batch):
-        group = by_length[a : a + batch]
-        longest = max(len(p) for p in group)
-        padded = torch.full((len(group), longest), PAD, dtype=torch.long)
-        for row, piece in enumerate(group):
-            padded[row, : len(piece)] = torch.as_tensor(np.asarray(piece, dtype=np.int64))
-        inputs, targets = padded[:, :-1], padded[:, 1:]  # [B, T-1] each
-        state = None
-        for t in range(0, inputs.shape[1], window):
-            logits, state = runtime.forward(inputs[:, t : t + window], state)  # [B, w, V]
-            target = targets[:, t : t + window]  # [B, w]
-            keep = target != PAD
-            logp = F.log_softmax(logits.float(), dim=-1)  # [B, w, V]
-            picked = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # [B, w]
-            nll -= float(picked[keep].sum())
-            correct += int((logp.argmax(-1) == target)[keep].sum())
-            count += int(keep.sum())
+    with torch.inference_mode():
+        by_length = sorted(pieces, key=len, reverse=True)  # similar lengths together: little padding
+        for a in range(0, len(by_length), batch):
+            group = by_length[a : a + batch]
+            longest = max(len(p) for p in group)
+            padded = torch.full((len(group), longest), PAD, dtype=torch.long)
+            for row, piece in enumerate(group):
+                padded[row, : len(piece)] = torch.as_tensor(np.asarray(piece, dtype=np.int64))
+            inputs, targets = padded[:, :-1], padded[:, 1:]  # [B, T-1] each
+            state = None
+            for t in range(0, inputs.shape[1], window):
+                logits, state = runtime.forward(inputs[:, t : t + window], state)  # [B, w, V]
+                target = targets[:, t : t + window]  # [B, w]
+                keep = target != PAD
+                logp = F.log_softmax(logits.float(), dim=-1)  # [B, w, V]
+                picked = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # [B, w]
+                nll -= float(picked[keep].sum())
+                correct += int((logp.argmax(-1) == target)[keep].sum())
+                count += int(keep.sum())
     return Score.from_sums(nll, correct, count)
 
 
@@ -126,6 +136,8 @@ def sample_model(runtime: ModelRuntime, primes: Sequence[Sequence[int]], length:
     Only the grammar shapes the draw: the live repetition guard is switched off (a guard would cap
     the longest run we want to measure) and <eos> is allowed, as it is for the Markov model.
     """
+    from liveduet.model.sampling import Sampler
+
     sampler = Sampler(runtime, temperature=temperature, seed=seed, allow_eos=True, max_repeat=0, max_loop=0)
     out = []
     for prime in primes:
@@ -170,6 +182,8 @@ def evaluate(runtime: ModelRuntime, data: Dataset, options: EvalOptions,
     timing = {}
 
     log("scoring the model")
+    import torch
+
     started = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(options.threads)
@@ -181,7 +195,8 @@ def evaluate(runtime: ModelRuntime, data: Dataset, options: EvalOptions,
 
     log("fitting the unigram and Markov baselines")
     unigram = Unigram.fit(train, len(vocab), k=options.unigram_k)
-    markov = Markov.fit(train, len(vocab), order=options.order)
+    markov_train = select_pieces(train, options.markov_tokens)
+    markov = Markov.fit(markov_train, len(vocab), order=options.order)
     timing["markov_fit"] = markov.fit_seconds
     log("scoring the baselines")
     started = time.perf_counter()
@@ -202,7 +217,7 @@ def evaluate(runtime: ModelRuntime, data: Dataset, options: EvalOptions,
         "model": model_score.to_dict(),
         "unigram": {**unigram_score.to_dict(), "k": options.unigram_k},
         "markov": {**markov_score.to_dict(), "order": options.order, "smoothing": "interpolated modified Kneser-Ney",
-                   "ngrams": markov.sizes()},
+                   "train_tokens": int(sum(len(p) for p in markov_train)), "ngrams": markov.sizes()},
         "metrics": {
             "data": _metrics(vocab, real),
             "model": _metrics(vocab, model_samples),
@@ -222,6 +237,8 @@ def evaluate_paths(model_path: str | Path, data_path: str | Path, options: EvalO
     """Load the model and the data, refuse a vocabulary mismatch, then `evaluate`."""
     options.validate()
     log("loading the model and the data")
+    from liveduet.model.runtime import ModelRuntime
+
     runtime = ModelRuntime.load(model_path, threads=1)
     data = load_dataset(data_path)
     check_vocabulary(runtime.vocab, data, model_path, data_path)
