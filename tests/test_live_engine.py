@@ -221,3 +221,13 @@ def test_live_settings_validation(tmp_path):
     bad.write_text("[answer\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_live_settings(bad)
+
+
+def test_a_lost_note_off_cannot_keep_the_call_open(rig):
+    clock, out, sched, engine, sampler, _ = rig
+    engine.handle(clock.now(), mido.Message("note_on", note=60, velocity=80))  # its note-off never comes
+    run_until(engine, clock, sched, clock.now() + 3.0)
+    assert engine.state is State.CALLING, "a held key is a held key for a while"
+    run_until(engine, clock, sched, clock.now() + 2.0)  # 8 beats at 120 bpm with no input at all
+    assert engine.state in (State.ANSWERING, State.LISTENING)
+    assert any("without note-off" in w for w in engine.warnings)

@@ -32,6 +32,7 @@ from liveduet.music.tokens import TICKS, Event, StreamTokenizer, Vocabulary
 
 SUSTAIN = 64
 RETEMPO = 0.08  # re-tokenize the call when its estimated tempo differs by more than this share
+IDLE_BEATS = 8  # no input at all for this long ends a call even with keys down (lost note-offs)
 
 
 class LiveSampler(Protocol):
@@ -128,6 +129,7 @@ class Engine:
         self.keys: set[tuple[int, int]] = set()
         self.pedal = False
         self.silent_since: float | None = None
+        self.last_input = 0.0
         self.call: Call | None = None
         self.tokenizer = StreamTokenizer(vocab.settings)
         self.answer: Answer | None = None
@@ -140,6 +142,7 @@ class Engine:
 
     def handle(self, t: float, msg: mido.Message) -> None:
         """One message from the player (already stamped, hygiene already filtered)."""
+        self.last_input = t
         c = self.s.controls
         if msg.type == "control_change":
             if msg.control == c.temperature_cc:
@@ -184,10 +187,16 @@ class Engine:
         """Time passes: close chords, detect the end of the call, generate ahead, finish answers."""
         if self.state is State.CALLING and self.call is not None:
             self._feed(self.tokenizer.advance(self._beat(now)))
-            if (
-                self.silent_since is not None
-                and now - self.silent_since >= self.s.phrase.silence_beats * 60.0 / self.bpm
-            ):
+            beat = 60.0 / self.bpm
+            silence = self.s.phrase.silence_beats * beat
+            if self.silent_since is not None and now - self.silent_since >= silence:
+                self._apply(Input.SILENCE, now, None)
+            elif now - self.last_input >= max(2 * silence, IDLE_BEATS * beat):
+                # Keys "held" with nothing else happening: a note-off was lost (an unplugged
+                # cable, a dropped event). The call must still end, and those keys are forgotten.
+                self.warnings.append(f"keys without note-off: {sorted(n for _, n in self.keys)}")
+                self.keys.clear()
+                self.silent_since = self.last_input
                 self._apply(Input.SILENCE, now, None)
         if self.state is State.ANSWERING and self.answer is not None:
             self._generate(now)
