@@ -231,3 +231,12 @@ def test_a_lost_note_off_cannot_keep_the_call_open(rig):
     run_until(engine, clock, sched, clock.now() + 2.0)  # 8 beats at 120 bpm with no input at all
     assert engine.state in (State.ANSWERING, State.LISTENING)
     assert any("without note-off" in w for w in engine.warnings)
+
+
+def test_notes_beyond_the_piano_are_not_calls(rig):
+    clock, out, sched, engine, sampler, _ = rig
+    for _ in range(5):
+        engine.handle(clock.now(), mido.Message("note_on", note=127, velocity=127))
+        engine.handle(clock.now(), mido.Message("note_off", note=0))
+        run_until(engine, clock, sched, clock.now() + 0.1)
+    assert engine.state is State.LISTENING and sampler.fed == []

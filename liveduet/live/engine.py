@@ -166,6 +166,8 @@ class Engine:
                 if released and self.s.phrase.end_gesture == "pedal" and self.state is State.CALLING:
                     self._apply(Input.END_GESTURE, t, msg)
             return
+        if msg.type in ("note_on", "note_off") and not self._in_range(msg.note):
+            return  # beyond a piano's 88 keys: keyswitches and test probes, passed thru, never a call
         if msg.type == "note_on":
             self.keys.add((msg.channel, msg.note))
             self.silent_since = None
@@ -399,6 +401,9 @@ class Engine:
         # the pedal at the end of a phrase (end_gesture = "pedal" is there for those who don't).
         if not self.keys:
             self.silent_since = t
+
+    def _in_range(self, note: int) -> bool:
+        return self.vocab.settings.min_pitch <= note <= self.vocab.settings.max_pitch
 
     def _beat(self, t: float) -> float:
         call = self.call
