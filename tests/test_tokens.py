@@ -178,8 +178,6 @@ def test_sustain_pedal_extends_durations() -> None:
     assert tok(notes, [(0.5, True), (3.0, False)]) == [((C4,), 36), ((), 12), ((E4,), 12)]
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, reported not fixed (would change tokens of MIDI files with "
-                   "pedal): lifting a pedal that holds nothing moves the previous note's release to the lift")
 def test_pedal_lifted_during_silence_changes_nothing() -> None:
     notes = [(0, 1, C4), (4, 5, E4)]
     assert tok(notes, [(2.0, True), (3.0, False)]) == [((C4,), 12), ((), 36), ((E4,), 12)]

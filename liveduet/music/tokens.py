@@ -359,8 +359,9 @@ class StreamTokenizer:
 
     def pedal(self, beat: float, down: bool) -> list[Event]:
         if self.pedal_down and not down:
+            held_something = bool(self.sustained)
             self.sustained.clear()
-            if not self._sounding():
+            if held_something and not self._sounding():  # a lift that released nothing changes nothing
                 self.silence_since = beat
         self.pedal_down = down
         return []
