@@ -347,3 +347,13 @@ def test_thru_sends_the_players_bytes_unchanged(clock) -> None:
     sched.send_now(zero)
     assert out.messages[-1] == zero, "a velocity-0 note-on goes out as it came in"
     assert sched.open_notes() == [], "and it closed the note in the bookkeeping"
+
+
+def test_thru_passes_a_note_off_it_never_saw_the_note_on_of(clock) -> None:
+    out = FakeOutput(clock)
+    sched = Scheduler(out.send, clock)
+    sched.send_now(mido.Message("note_off", note=61))  # a key held down before liveduet started
+    assert [m.type for m in out.messages] == ["note_off"]
+    sched.schedule(0.0, mido.Message("note_off", note=62))  # our own stray note-off is still dropped
+    sched.run_due(now=1.0)
+    assert len(out.messages) == 1

@@ -304,11 +304,13 @@ class Scheduler:
             return out + 1
         if msg.type == "note_off":
             key = (msg.channel, msg.note)
-            if self._open.get(key) != tag:
-                # Not sounding, or taken over by another sender (retrigger): its owner will close it.
+            owner = self._open.get(key)
+            if owner != tag and (owner is not None or tag != THRU_TAG):
+                # Taken over by another sender (retrigger): its owner will close it. A player's
+                # note-off for a note we never saw (held before we started) still goes through.
                 self.stray_note_offs += 1
                 return 0
-            del self._open[key]
+            self._open.pop(key, None)
         elif msg.type == "control_change" and msg.control == SUSTAIN:
             if msg.value >= 64:
                 self._pedal[msg.channel] = tag

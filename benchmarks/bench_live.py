@@ -1,0 +1,223 @@
+"""Real-time figures of `liveduet run` on real JACK MIDI ports, side by side in one run; writes JSON.
+
+- Thru latency, measured by JACK's own `jack_midi_latency_test` (round trip: its out → the thru
+  under test → its in), for: a minimal 10-line Python thru (the reference: JACK's floor for any
+  client), the daemon idle, and the daemon while it answers (a keyboard client plays a call, and
+  the probes run during the answer). Target: highest latency ≤ one JACK period above the reference.
+- Answer timing from the daemon's --stats: first note vs its scheduled beat (p99 ≤ 5 ms) and the
+  scheduler's lateness (jitter p99 ≤ 1 ms).
+- The daemon's idle CPU (share of one core over 10 s, < 2 %) and RSS (< 400 MB).
+
+Usage: python benchmarks/bench_live.py [--model models/default] [--out benchmarks/results/live.json]
+Needs jackd (apt-get install --no-install-recommends jackd2); starts a dummy-driver server if none runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mido
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+import jack_util  # noqa: E402
+
+JACK = "mido.backends.rtmidi/UNIX_JACK"
+PERIOD_MS = 128 / 48000 * 1000
+THRU = """
+import sys, time, mido
+b = mido.Backend("mido.backends.rtmidi/UNIX_JACK")
+out = b.open_output("ref-out", virtual=True)
+inp = b.open_input("ref-in", virtual=True, callback=out.send)
+print("listening on ref-in", flush=True)
+time.sleep(3600)
+"""
+
+
+def port_ending(suffix: str) -> str:
+    for _ in range(100):
+        for name in jack_util.jack_ports():
+            if name.endswith(suffix):
+                return name
+        time.sleep(0.1)
+    raise RuntimeError(f"no JACK port ending in {suffix!r}")
+
+
+def latency_run(into: str, back_from: str, probes: int) -> dict:
+    """One jack_midi_latency_test run: it sends into `into` and listens to `back_from`."""
+    done = subprocess.run(["jack_midi_latency_test", "-s", str(probes), into, back_from],
+                          capture_output=True, text=True, timeout=120)
+    text = done.stdout + done.stderr
+
+    def grab(label: str) -> float | None:
+        m = re.search(rf"{label}: ([\d.]+) ms", text)
+        return float(m.group(1)) if m else None
+
+    sent = re.search(r"Messages sent: (\d+)", text)
+    received = re.search(r"Messages received: (\d+)", text)
+    return {"average_ms": grab("Average latency"), "lowest_ms": grab("Lowest latency"),
+            "highest_ms": grab("Highest latency"), "avg_jitter_ms": grab("Average MIDI jitter"),
+            "sent": int(sent.group(1)) if sent else 0, "received": int(received.group(1)) if received else 0}
+
+
+def merge(runs: list[dict]) -> dict:
+    ok = [r for r in runs if r["average_ms"] is not None]
+    if not ok:
+        return {"runs": runs}
+    return {
+        "average_ms": round(statistics.fmean(r["average_ms"] for r in ok), 3),
+        "highest_ms": max(r["highest_ms"] for r in ok),
+        "lowest_ms": min(r["lowest_ms"] for r in ok),
+        "avg_jitter_ms": round(statistics.fmean(r["avg_jitter_ms"] for r in ok), 3),
+        "probes_sent": sum(r["sent"] for r in ok), "probes_received": sum(r["received"] for r in ok),
+        "runs": len(ok),
+    }
+
+
+def start(cmd: list[str]) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "MIDO_BACKEND": JACK})
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if "listening on" in line:
+            return proc
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise RuntimeError(f"{cmd[:4]} did not start: {proc.stdout.read()}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def phrase(bpm: float = 120.0) -> list[tuple[float, mido.Message]]:
+    """Four beats of a Bach chorale's soprano and bass."""
+    from music21 import corpus
+
+    score = corpus.parse("bach/bwv66.6").stripTies()
+    events = []
+    for part in (score.parts[0], score.parts[-1]):
+        for n in part.flatten().notes:
+            if n.offset < 4:
+                on, off = float(n.offset), min(float(n.offset + n.quarterLength), 4.0)
+                events.append((on * 60 / bpm, mido.Message("note_on", note=n.pitch.midi, velocity=80)))
+                events.append((off * 60 / bpm - 0.03, mido.Message("note_off", note=n.pitch.midi)))
+    return sorted(events, key=lambda e: (e[0], e[1].type == "note_on"))
+
+
+def play(port, events) -> None:
+    t0 = time.monotonic()
+    for t, msg in events:
+        delay = t0 + t - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        port.send(msg)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(ROOT / "models" / "default"))
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--probes", type=int, default=300, help="probes per latency run")
+    ap.add_argument("--rounds", type=int, default=4, help="latency runs per scenario")
+    args = ap.parse_args()
+    if not jack_util.have_jackd():
+        sys.exit("jackd not installed: apt-get install --no-install-recommends jackd2")
+    server = None if jack_util.jack_running() else jack_util.start_jackd()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-live-"))
+    result: dict = {"jack_period_ms": round(PERIOD_MS, 3), "probes_per_run": args.probes}
+    try:
+        ref = start([sys.executable, "-c", THRU])
+        into, back = port_ending(":ref-in"), port_ending(":ref-out")
+        result["reference_python_thru"] = merge([latency_run(into, back, args.probes) for _ in range(args.rounds)])
+        stop(ref)
+
+        cfg = tmp / "bench.toml"
+        cfg.write_text("[answer]\nmin_beats = 12.0\nmax_beats = 12.0\n")
+        stats = tmp / "stats.jsonl"
+        daemon = start([sys.executable, "-m", "liveduet", "run", "--backend", "jack", "--virtual",
+                        "--in", "liveduet-in", "--out", "liveduet-out", "--model", args.model, "--no-dashboard",
+                        "--tempo", "120", "--config", str(cfg), "--stats", str(stats), "--seed", "1"])
+        into, back = port_ending(":liveduet-in"), port_ending(":liveduet-out")
+        time.sleep(3)
+        cpu0, t0 = cpu_seconds(daemon.pid), time.monotonic()
+        time.sleep(10)
+        result["daemon_idle_cpu_percent"] = round(100 * (cpu_seconds(daemon.pid) - cpu0) / (time.monotonic() - t0), 2)
+        result["daemon_idle"] = merge([latency_run(into, back, args.probes) for _ in range(args.rounds)])
+
+        backend = mido.Backend(JACK)
+        keyboard = backend.open_output("bench-keyboard", virtual=True)
+        jack_util.jack_connect(port_ending(":bench-keyboard"), into)
+        runs = []
+        call = phrase()
+        for _ in range(args.rounds):
+            play(keyboard, call)
+            time.sleep(1.2)  # 1.5 beats of silence end the call; the 12-beat (6 s) answer starts
+            runs.append(latency_run(into, back, args.probes))
+            time.sleep(max(0.0, 7.0 - 1.2))
+        result["daemon_answering"] = merge(runs)
+        result["daemon_rss_mb"] = round(rss_mb(daemon.pid), 1)
+        keyboard.close()
+        stop(daemon)
+        answers = [json.loads(line) for line in stats.read_text().splitlines() if line.strip()]
+        firsts = sorted(abs(a["first_late_ms"]) for a in answers if a.get("first_late_ms") is not None)
+        def col(key: str) -> list[float]:
+            return [a[key] or 0.0 for a in answers] or [float("nan")]
+
+        result["answers"] = {
+            "count": len(answers),
+            "first_note_late_ms_max": max(firsts) if firsts else None,
+            "first_note_late_ms_median": statistics.median(firsts) if firsts else None,
+            "scheduler_late_ms_p99_max": max(col("late_ms_p99")),
+            "scheduler_late_ms_p50_median": statistics.median(col("late_ms_p50")),
+            "model_step_ms_p50_median": statistics.median(col("step_ms_p50")),
+            "model_step_ms_p99_max": max(col("step_ms_p99")),
+        }
+        ref_hi = result["reference_python_thru"].get("highest_ms")
+        for key in ("daemon_idle", "daemon_answering"):
+            hi = result[key].get("highest_ms")
+            if hi is not None and ref_hi is not None:
+                result[key]["highest_above_reference_ms"] = round(hi - ref_hi, 3)
+                result[key]["within_one_period"] = hi - ref_hi <= PERIOD_MS + 1e-9
+        result["targets"] = {"thru_highest_above_reference_ms": round(PERIOD_MS, 3), "first_note_late_ms_p99": 5.0,
+                             "scheduler_jitter_p99_ms": 1.0, "idle_cpu_percent": 2.0, "rss_mb": 400}
+        result["load_average"] = os.getloadavg()
+    finally:
+        if server is not None:
+            jack_util.stop_jackd(server)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
