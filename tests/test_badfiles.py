@@ -298,3 +298,27 @@ def test_transpose_keeps_notes_in_range_and_split_is_by_piece(tmp_path: Path) ->
         by_name.setdefault(entry["name"], set()).add(int(s))
     assert all(len(s) == 1 for s in by_name.values())  # every transposition of a piece in one split
     assert {next(iter(s)) for s in by_name.values()} == {0, 1}  # and both splits are used
+
+
+def test_a_worker_that_dies_neither_hangs_the_run_nor_loses_other_files(tmp_path, monkeypatch) -> None:
+    import os
+
+    from rich.console import Console
+
+    from liveduet.commands import prepare
+    from liveduet.music.corpus import Result, Task
+    from liveduet.music.tokens import TokenizerSettings
+
+    def fake_read(task, settings):
+        if task.path.endswith("killer.mid"):
+            os._exit(1)  # what a segfaulting parser or the OOM killer looks like to the pool
+        return Result(task, [])
+
+    monkeypatch.setattr(prepare, "read_task", fake_read)  # workers are forked: they see the patch
+    tasks = [Task("midi", str(tmp_path / f"f{i}.mid"), str(tmp_path)) for i in range(12)]
+    tasks.insert(5, Task("midi", str(tmp_path / "killer.mid"), str(tmp_path)))
+    results = prepare.read_all(tasks, TokenizerSettings(), jobs=2, console=Console(quiet=True))
+    assert len(results) == 13
+    crashed = [r for r in results if r.skipped]
+    assert [Path(r.task.path).name for r in crashed] == ["killer.mid"]
+    assert "crashed" in crashed[0].skipped

@@ -8,7 +8,8 @@ import os
 import shutil
 import time
 from collections import Counter
-from functools import partial
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from rich.table import Table
 
 from liveduet import __version__
 from liveduet.errors import CorpusError, LiveduetError
-from liveduet.music.corpus import Piece, Result, expand_sources, read_task
+from liveduet.music.corpus import Piece, Result, Task, expand_sources, read_task
 from liveduet.music.dataset import is_validation, write_dataset
 from liveduet.music.tokens import BOS, EOS, TokenizerSettings, Vocabulary, build_vocabulary, transpose_events
 
@@ -129,30 +130,46 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_all(tasks: list, settings: TokenizerSettings, jobs: int, console: Console) -> list[Result]:
-    work = partial(read_task, settings=settings)
+def _read_chunk(tasks: list[Task], settings: TokenizerSettings) -> list[Result]:
+    return [read_task(t, settings) for t in tasks]
+
+
+def read_all(tasks: list[Task], settings: TokenizerSettings, jobs: int, console: Console) -> list[Result]:
+    """Read every task on `jobs` worker processes. A worker that dies (a parser crashing the
+    interpreter, the OOM killer) never hangs the run: its tasks are retried one per process, and
+    the one that kills its process again is skipped with a reason."""
     results: list[Result] = []
     progress = Progress(TextColumn("[bold]reading"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("{task.fields[skipped]} skipped"), console=console, transient=True)
     with progress:
         bar = progress.add_task("read", total=len(tasks), skipped=0)
-        skipped = 0
+
+        def done(batch: list[Result]) -> None:
+            results.extend(batch)
+            skipped = sum(bool(r.skipped) for r in results)
+            progress.update(bar, advance=len(batch), skipped=skipped)
+
         if jobs == 1 or len(tasks) < 4:
-            iterator = map(work, tasks)
-            pool = None
+            for task in tasks:
+                done([read_task(task, settings)])
         else:
-            # Fork before the progress thread matters: workers only parse and tokenize.
-            pool = mp.get_context("fork").Pool(jobs)
-            chunk = max(1, min(32, len(tasks) // (jobs * 8)))
-            iterator = pool.imap_unordered(work, tasks, chunksize=chunk)
-        try:
-            for result in iterator:
-                results.append(result)
-                skipped += bool(result.skipped)
-                progress.update(bar, advance=1, skipped=skipped)
-        finally:
-            if pool is not None:
-                pool.terminate()
+            size = max(1, min(32, len(tasks) // (jobs * 8)))
+            chunks = [tasks[i : i + size] for i in range(0, len(tasks), size)]
+            retry: list[Task] = []
+            ctx = mp.get_context("fork")  # workers only parse and tokenize; fork starts them fastest
+            with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+                futures = {pool.submit(_read_chunk, chunk, settings): chunk for chunk in chunks}
+                for future in as_completed(futures):
+                    try:
+                        done(future.result())
+                    except BrokenProcessPool:
+                        retry.extend(futures[future])
+            for task in retry:  # careful mode: one process per task, so a crash names its file
+                with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+                    try:
+                        done(pool.submit(_read_chunk, [task], settings).result())
+                    except BrokenProcessPool:
+                        done([Result(task, [], skipped="the worker process reading it crashed")])
     # Worker order varies; the dataset must not.
     results.sort(key=lambda r: r.task.path)
     return results
