@@ -55,6 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--transpose", type=parse_range, default=[0], metavar="RANGE",
                    help="transposition augmentation in semitones, e.g. -5..6 (default: 0, none)")
     p.add_argument("--min-count", type=int, default=3, help="keep chords seen at least this often (default 3)")
+    p.add_argument("--max-chords", type=int, default=6000,
+                   help="keep at most this many chords, the most frequent (default 6000; 0: no cap)")
     p.add_argument("--val-percent", type=float, default=5.0, help="pieces held out for validation (default 5)")
     p.add_argument("--vocab", type=Path, help="use this vocab.json instead of building one (e.g. a model's)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
@@ -66,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True, quiet=args.quiet)
     if args.out.exists() and any(args.out.iterdir()) and not args.force:
         raise LiveduetError(f"{args.out} exists and is not empty (use --force to replace it)")
+    if args.max_chords < 0:
+        raise LiveduetError(f"--max-chords must be 0 (no cap) or more, got {args.max_chords}")
     if args.min_count < 1:
         raise LiveduetError(f"--min-count must be at least 1, got {args.min_count}")
     if not 0 <= args.val_percent < 100:
@@ -94,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
             if events is not None:
                 variants.append((piece, shift, events))
     if base_vocab is None:
-        vocab, chord_counts = build_vocabulary((v[2] for v in variants), settings, args.min_count)
+        vocab, chord_counts = build_vocabulary((v[2] for v in variants), settings, args.min_count, args.max_chords)
     else:
         vocab, chord_counts = base_vocab, Counter()
     arrays, split, listing = [], [], []
@@ -110,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     manifest = {
         "liveduet_version": __version__,
         "sources": args.sources,
-        "settings": {"transpose": args.transpose, "min_count": args.min_count, "val_percent": args.val_percent,
+        "settings": {"transpose": args.transpose, "min_count": args.min_count, "max_chords": args.max_chords,
+                     "val_percent": args.val_percent,
                      "vocab_from": str(args.vocab) if args.vocab else None},
         "counts": {
             "files": len(tasks), "files_read": len(tasks) - len(skipped), "files_skipped": len(skipped),

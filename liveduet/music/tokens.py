@@ -287,13 +287,17 @@ class Vocabulary:
 
 
 def build_vocabulary(
-    pieces: Iterable[Iterable[Event]], settings: TokenizerSettings, min_count: int = 3
+    pieces: Iterable[Iterable[Event]], settings: TokenizerSettings, min_count: int = 3, max_chords: int = 0
 ) -> tuple[Vocabulary, Counter]:
-    """Keep every chord seen at least `min_count` times (single notes and the rest always)."""
+    """Keep every chord seen at least `min_count` times, the `max_chords` most frequent of them when
+    that is set (single notes and the rest always). Transposition multiplies every chord by up to 12
+    versions, so a cap is what keeps the output layer (and the model file) small."""
     counts: Counter = Counter()
     for events in pieces:
         counts.update(p for p, _ in events if len(p) > 1)
     kept = sorted((c for c, n in counts.items() if n >= min_count), key=lambda c: (-counts[c], c))
+    if max_chords > 0:
+        kept = kept[:max_chords]
     return Vocabulary(settings, kept), counts
 
 
