@@ -104,11 +104,11 @@ def test_virtual_output_is_found_by_substring_and_delivers(
             out.send(mido.Message("clock"))  # dropped at the listener's door
             out.send(mido.Message("note_on", note=60, velocity=0))
             got = receive(listener, 2) + receive(listener, 1, timeout=0.05)
-            return [(m.type, m.note) for _, m in got], listener.filtered
+            return [(m.type, m.note, m.velocity) for _, m in got], listener.filtered
 
-    def check(result: tuple[list[tuple[str, int]], int]) -> None:
+    def check(result: tuple[list[tuple[str, int, int]], int]) -> None:
         got, filtered = result
-        assert got == [("note_on", 60), ("note_off", 60)]
+        assert got == [("note_on", 60, 99), ("note_on", 60, 0)]  # as played: thru keeps the bytes
         assert filtered == 1
 
     check_delivery(jack_server, attempt, check)
