@@ -62,6 +62,23 @@ def test_markov_batched_distributions_match_single(vocab: Vocabulary) -> None:
         np.testing.assert_array_equal(state, states[i])
 
 
+@pytest.mark.parametrize("order", [1, 2, 8])
+def test_markov_prob_of_and_predict_agree_with_distributions(vocab: Vocabulary, order: int) -> None:
+    # Scoring avoids [B, V] distributions (V is 33k on real data); it must give the same numbers.
+    model = Markov.fit(_random_pieces(vocab, 30, 50, seed=8), len(vocab), order=order)
+    rng = np.random.default_rng(9)
+    histories = [*_random_pieces(vocab, 4, 30, seed=10), rng.integers(0, len(vocab), 40)]
+    states = np.concatenate([model._piece_states(h) for h in histories])
+    dense = model.distributions(states)
+    tokens = rng.integers(0, len(vocab), len(states))
+    tokens[::2] = np.concatenate(histories)[1::2][: len(tokens[::2])]  # plenty of seen continuations
+    np.testing.assert_allclose(model.prob_of(states, tokens), dense[np.arange(len(states)), tokens], rtol=1e-12)
+    best = model.predict(states)
+    # Ties may break differently; the chosen token must reach the maximum.
+    np.testing.assert_allclose(dense[np.arange(len(states)), best], dense.max(axis=1), rtol=1e-12)
+    assert (best == dense.argmax(axis=1)).mean() > 0.9
+
+
 def test_unigram_is_add_k_and_sums_to_one(vocab: Vocabulary) -> None:
     pieces = [np.array([BOS, 10, 10, 20, EOS])]
     model = Unigram.fit(pieces, len(vocab), k=1.0)

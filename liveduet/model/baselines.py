@@ -24,13 +24,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from liveduet.music.tokens import BOS, EOS, PAD, Vocabulary
-
-CHUNK = 256  # positions per dense [chunk, V] block when scoring: ~6 MB at V=3,000
 
 
 @dataclass(frozen=True)
@@ -147,6 +145,7 @@ class _Level:
     start: np.ndarray  # int64 [C + 1]: followers of context c are keys[start[c]:start[c + 1]]
     gamma: np.ndarray  # float64 [C]: backoff weight; 1 where the context was never seen
     discounts: tuple[float, float, float]
+    best: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # [C]: most likely next token
 
 
 def _discounts(counts: np.ndarray) -> tuple[float, float, float]:
@@ -158,7 +157,52 @@ def _discounts(counts: np.ndarray) -> tuple[float, float, float]:
     y = n[0] / (n[0] + 2 * n[1])
     d = (1 - 2 * y * n[1] / n[0], 2 - 3 * y * n[2] / n[1], 3 - 4 * y * n[3] / n[2])
     # Each discount must stay below the count it applies to, or mass would go negative.
-    return tuple(float(min(max(x, 0.05), k - 0.05)) for k, x in zip((1, 2, 3), d))  # type: ignore[return-value]
+    d1, d2, d3 = (float(min(max(x, 0.05), k - 0.05)) for k, x in zip((1, 2, 3), d))
+    return d1, d2, d3
+
+
+def _segment_argmax(values: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per slice values[start[c]:start[c + 1]]: (max, index of its first maximum); (-inf, -1) if empty."""
+    n = len(start) - 1
+    lengths = np.diff(start)
+    nonempty = lengths > 0
+    top = np.full(n, -np.inf)
+    where = np.full(n, -1, dtype=np.int64)
+    if not nonempty.any():
+        return top, where
+    # Empty slices are left out of reduceat, so each reduction runs to the next non-empty start.
+    top[nonempty] = np.maximum.reduceat(values, start[:-1][nonempty])
+    owner = np.repeat(np.arange(n), lengths)
+    hits = np.flatnonzero(values == top[owner])
+    slices, first = np.unique(owner[hits], return_index=True)
+    where[slices] = hits[first]
+    return top, where
+
+
+def _set_best(levels: list[_Level], suffixes: list[np.ndarray], p0: np.ndarray, V: int) -> None:
+    """Store in every level the argmax of the full distribution after each of its contexts.
+
+    Top-1 accuracy then costs one lookup per position instead of a [V] distribution (V is 33k on
+    the default data). After context c the tokens that follow c in training have their own
+    probability; every other token has gamma(c) times its probability after c's suffix, whose
+    maximum is the suffix's best. So best(c) is the larger of the two, level by level upwards.
+    `full[e]` is the probability of m-gram e's last token after its first m-1 tokens:
+    value + gamma × full[suffix of e]."""
+    full = p0[levels[0].keys % V]
+    best, best_p = np.array([int(np.argmax(p0))]), np.array([float(p0.max())])
+    levels[0].best = best
+    for m in range(1, len(levels)):
+        level, suffix = levels[m], suffixes[m]
+        owner = np.repeat(np.arange(len(level.gamma)), np.diff(level.start))
+        full = level.value + level.gamma[owner] * full[suffix]
+        top, where = _segment_argmax(full, level.start)
+        context_suffix = suffixes[m - 1]  # a context here is an (m)-gram of the level below
+        below_p = level.gamma * best_p[context_suffix]
+        use_top = top >= below_p  # never where c has no followers: top is -inf there
+        best = best[context_suffix]
+        best[use_top] = level.keys[where[use_top]] % V
+        best_p = np.where(use_top, top, below_p)
+        level.best = best
 
 
 def _slices(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -198,6 +242,7 @@ class Markov(_Baseline):
         target = pos >= 1  # an n-gram ending at <bos> is a context only, never a prediction
         keys_by_level: list[np.ndarray] = []
         counts_by_level: list[np.ndarray] = []
+        suffix_by_level: list[np.ndarray] = []  # per m-gram: id of its last m-1 tokens in level m-1
         prev = np.zeros(len(tok), dtype=np.int64)  # id of the (m-1)-gram ending at each position
         for m in range(1, order + 2):
             valid = pos >= m - 1
@@ -216,8 +261,11 @@ class Markov(_Baseline):
                 cont = np.bincount(suffix, minlength=len(counts_by_level[-1])).astype(np.float64)
                 # An n-gram with no left extension starts at <bos>: Kneser-Ney keeps its raw count.
                 counts_by_level[-1] = np.where(cont > 0, cont, counts_by_level[-1])
+            else:
+                suffix = np.zeros(len(keys), dtype=np.int64)  # the empty context
             keys_by_level.append(keys)
             counts_by_level.append(raw)
+            suffix_by_level.append(suffix)
             prev = ids
         levels = []
         n_contexts = 1  # level 1's only context is the empty one
@@ -229,6 +277,7 @@ class Markov(_Baseline):
         p0 = first_level.gamma[0] * uniform
         lo, hi = first_level.start[0], first_level.start[1]
         p0[first_level.keys[lo:hi] % V] += first_level.value[lo:hi]
+        _set_best(levels, suffix_by_level, p0, V)
         return cls(V, order, levels, p0, time.perf_counter() - started)
 
     @staticmethod
@@ -287,21 +336,24 @@ class Markov(_Baseline):
     def probs(self, state: np.ndarray) -> np.ndarray:
         return self.distributions(state[None, :])[0]
 
-    def distributions(self, states: np.ndarray) -> np.ndarray:
-        """[B, V] next-token distributions after states [B, order].
+    def _weights(self, states: np.ndarray) -> np.ndarray:
+        """[B, order + 1]: column j is the product of the gammas of the contexts longer than j.
 
-        Interpolation unrolled: p = (Π γ_1..γ_n) p0 + Σ_j (Π γ_{j+1..n}) a_j, where a_j holds the
-        discounted counts of the length-j context; so one dense [B, V] write plus sparse adds.
-        """
-        B, V = len(states), self.vocab_size
+        Interpolation unrolled: p = Σ_j weight_j a_j, where a_j holds the discounted counts after
+        the length-j context (a_0 = p0, already mixed with uniform)."""
+        B = len(states)
         gammas = np.ones((B, self.order + 1))
         for j in range(1, self.order + 1):
             ctx = states[:, j - 1]
             ok = ctx >= 0
             gammas[ok, j] = self.levels[j].gamma[ctx[ok]]
-        # weight[:, j] = product of the gammas of every longer context
-        weight = np.cumprod(gammas[:, ::-1], axis=1)[:, ::-1]
-        weight = np.concatenate([weight[:, 1:], np.ones((B, 1))], axis=1)
+        longer = np.cumprod(gammas[:, ::-1], axis=1)[:, ::-1]  # product over contexts of length ≥ j
+        return np.concatenate([longer[:, 1:], np.ones((B, 1))], axis=1)
+
+    def distributions(self, states: np.ndarray) -> np.ndarray:
+        """[B, V] next-token distributions after states [B, order]: one dense write, sparse adds."""
+        V = self.vocab_size
+        weight = self._weights(states)
         out = weight[:, 0:1] * self.p0[None, :]
         flat = out.reshape(-1)
         for j in range(1, self.order + 1):
@@ -314,6 +366,26 @@ class Markov(_Baseline):
             row = rows[owner]
             # (row, token) pairs are unique within one level, so a plain fancy add is exact.
             flat[row * V + level.keys[idx] % V] += weight[row, j] * level.value[idx]
+        return out
+
+    def prob_of(self, states: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """[B]: probability of tokens [B] after states [B, order], without building distributions."""
+        weight = self._weights(states)
+        p = weight[:, 0] * self.p0[tokens]
+        for j in range(1, self.order + 1):
+            idx = self._lookup(j, states[:, j - 1], tokens)
+            hit = idx >= 0
+            p[hit] += weight[hit, j] * self.levels[j].value[idx[hit]]
+        return p
+
+    def predict(self, states: np.ndarray) -> np.ndarray:
+        """[B]: the most likely next token after each state (exact argmax of `distributions`)."""
+        # Contexts nest: an unseen context has no seen extension, so the seen ones are a prefix.
+        depth = np.cumprod(states >= 0, axis=1).sum(axis=1)
+        out = np.full(len(states), int(self.levels[0].best[0]), dtype=np.int64)
+        for j in range(1, self.order + 1):
+            rows = depth == j
+            out[rows] = self.levels[j].best[states[rows, j - 1]]
         return out
 
     # -- scoring -------------------------------------------------------------------------------
@@ -329,12 +401,8 @@ class Markov(_Baseline):
         if not states:
             return Score.from_sums(0.0, 0, 0)
         all_states, all_targets = np.concatenate(states), np.concatenate(targets)
-        nll, correct = 0.0, 0
-        for a in range(0, len(all_targets), CHUNK):
-            p = self.distributions(all_states[a : a + CHUNK])
-            t = all_targets[a : a + CHUNK]
-            nll -= float(np.log(p[np.arange(len(t)), t]).sum())
-            correct += int((p.argmax(axis=1) == t).sum())
+        nll = -float(np.log(self.prob_of(all_states, all_targets)).sum())
+        correct = int((self.predict(all_states) == all_targets).sum())
         return Score.from_sums(nll, correct, len(all_targets))
 
     def sizes(self) -> list[int]:
