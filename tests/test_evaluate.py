@@ -20,6 +20,7 @@ class CountingRuntime:
 
     def __init__(self, vocab_size: int) -> None:
         self.V = vocab_size
+        self.vocab = range(vocab_size)  # only its length is used
 
     def forward(self, tokens: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         B, T = tokens.shape
@@ -43,8 +44,8 @@ def _expected(pieces: list[np.ndarray], V: int) -> tuple[float, int, int]:
     return nll, correct, n
 
 
-@pytest.mark.parametrize("batch,window", [(1, 1000), (3, 4), (16, 1)])
-def test_score_model_carries_state_and_ignores_pad(batch: int, window: int) -> None:
+@pytest.mark.parametrize("batch,window", [(1, 1000), (3, 4), (16, 1), (2, None)])
+def test_score_model_carries_state_and_ignores_pad(batch: int, window: int | None) -> None:
     V = 7
     rng = np.random.default_rng(0)
     pieces = [np.array([BOS, *rng.integers(3, V, n), EOS]) for n in (3, 11, 0, 25, 6)]

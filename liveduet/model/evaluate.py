@@ -32,8 +32,8 @@ from liveduet.music.tokens import BOS, EOS, PAD, Vocabulary
 if TYPE_CHECKING:
     from liveduet.model.runtime import ModelRuntime
 
-WINDOW = 256  # time steps per forward call; the LSTM state carries over between windows
-BATCH = 16  # pieces per forward call: logits are BATCH × WINDOW × V floats (~50 MB at V = 3,000)
+BATCH = 16  # pieces per forward call
+LOGITS_BUDGET = 16_000_000  # floats of logits per forward call (64 MB): sets the window from V
 
 
 @dataclass
@@ -101,11 +101,15 @@ def select_pieces(pieces: Sequence[np.ndarray], max_tokens: int) -> list[np.ndar
     return out
 
 
-def score_model(runtime: ModelRuntime, pieces: Sequence[np.ndarray], batch: int = BATCH, window: int = WINDOW) -> Score:
-    """NLL, perplexity and top-1 of a ModelRuntime on whole pieces, each from the initial state."""
+def score_model(runtime: ModelRuntime, pieces: Sequence[np.ndarray], batch: int = BATCH,
+                window: int | None = None) -> Score:
+    """NLL, perplexity and top-1 of a ModelRuntime on whole pieces, each from the initial state.
+    Pieces run in windows of `window` steps (default: what fits LOGITS_BUDGET), the state carried."""
     import torch
     import torch.nn.functional as F
 
+    if window is None:
+        window = max(16, LOGITS_BUDGET // (batch * len(runtime.vocab)))
     nll, correct, count = 0.0, 0, 0
     with torch.inference_mode():
         by_length = sorted(pieces, key=len, reverse=True)  # similar lengths together: little padding
