@@ -41,6 +41,9 @@ class ScriptedSampler:
     def restore(self, cp) -> None:
         self.fed, self.i = list(cp[0]), cp[1]
 
+    def set_pitch_classes(self, allowed) -> None:
+        self.locked = None if allowed is None else set(allowed)
+
 
 @pytest.fixture
 def rig():

@@ -24,10 +24,13 @@ from typing import Protocol
 import mido
 
 from liveduet.live.clock import Clock
+from liveduet.live.listener import CLOCK_TYPES
+from liveduet.live.midiclock import MidiClockFollower
 from liveduet.live.phrase import Action, Input, State, transition
 from liveduet.live.scheduler import Scheduler
 from liveduet.live.settings import LiveSettings
 from liveduet.live.tempo import estimate_bpm
+from liveduet.music.theory import best_major, major_scale, scale_name
 from liveduet.music.tokens import TICKS, Event, StreamTokenizer, Vocabulary
 
 SUSTAIN = 64
@@ -44,6 +47,7 @@ class LiveSampler(Protocol):
     def sample_event(self) -> Event: ...
     def checkpoint(self) -> object: ...
     def restore(self, checkpoint: object) -> None: ...
+    def set_pitch_classes(self, allowed: set[int] | frozenset[int] | None) -> None: ...
 
 
 @dataclass
@@ -72,6 +76,7 @@ class Answer:
     first_sent: float | None = None
     lateness: list[float] = field(default_factory=list)
     step_ms: list[float] = field(default_factory=list)
+    echo: list[Event] | None = None  # echo mode: the call's events, played back instead of sampled
 
     @property
     def end(self) -> float:
@@ -99,6 +104,9 @@ class EngineSnapshot:
     step_p50_ms: float
     step_p99_ms: float
     warnings: tuple[str, ...]
+    mode: str = "call"
+    lock: str | None = None  # the scale answers keep to, when locked
+    clock_source: str = "estimated"  # "fixed" | "estimated" | "metronome" | "midi clock"
 
 
 class Engine:
@@ -137,14 +145,40 @@ class Engine:
         self.calls = self.answers = self.player_notes = self.answer_notes = 0
         self.step_ms: deque[float] = deque(maxlen=2000)
         self.warnings: deque[str] = deque(maxlen=5)
+        self.mode = settings.practice.mode
+        self.lock: str | None = None
+        self.midi_clock = MidiClockFollower() if settings.tempo.follow_clock else None
+        # A global beat grid (metronome, count-in, MIDI clock): calls and answers sit on it.
+        self.grid_t0: float | None = None
+        self.next_click = 0
+        self.clicks_until: int | None = None  # last click index to play (count-in only), None: forever
 
+    def start(self, now: float) -> None:
+        """The session starts: a count-in and/or the metronome put a beat grid in place."""
+        r = self.s.practice
+        if r.count_in_bars or r.metronome:
+            self.grid_t0 = now + 0.3
+            self.next_click = 0
+            self.clicks_until = None if r.metronome else r.count_in_bars * r.beats_per_bar - 1
+            self.log(f"{'count-in' if r.count_in_bars else 'metronome'} at {self.bpm:.0f} bpm")
+
+    @property
+    def grid_fixed(self) -> bool:
+        """Tempo set from outside (fixed, metronome, MIDI clock): never estimated from calls."""
+        return bool(self.s.tempo.bpm) or self.grid_t0 is not None
     # ---- input ------------------------------------------------------------------------------------
 
     def handle(self, t: float, msg: mido.Message) -> None:
         """One message from the player (already stamped, hygiene already filtered)."""
+        if msg.type in CLOCK_TYPES:
+            self._follow_clock(t, msg)
+            return
         self.last_input = t
         c = self.s.controls
         if msg.type == "control_change":
+            if msg.control == c.lock_cc:
+                self._lock(self._call_key() if msg.value >= 64 else None)
+                return
             if msg.control == c.temperature_cc:
                 self.set_temperature(0.1 + 1.9 * msg.value / 127)
                 return
@@ -167,7 +201,10 @@ class Engine:
                     self._apply(Input.END_GESTURE, t, msg)
             return
         if msg.type in ("note_on", "note_off") and not self._in_range(msg.note):
-            return  # beyond a piano's 88 keys: keyswitches and test probes, passed thru, never a call
+            # Beyond a piano's 88 keys: keyswitches (and test probes), passed thru, never a call.
+            if msg.type == "note_on" and c.keyswitches and msg.note < self.vocab.settings.min_pitch:
+                self._lock(msg.note if msg.note < 12 else None)
+            return
         if msg.type == "note_on":
             self.keys.add((msg.channel, msg.note))
             self.silent_since = None
@@ -187,9 +224,20 @@ class Engine:
 
     def tick(self, now: float) -> None:
         """Time passes: close chords, detect the end of the call, generate ahead, finish answers."""
+        if self.grid_t0 is not None:
+            self._click(now)
         if self.state is State.CALLING and self.call is not None:
             self._feed(self.tokenizer.advance(self._beat(now)))
             beat = 60.0 / self.bpm
+            bars = self.s.practice.call_bars
+            if bars and now >= self.call.t0 + bars * self.s.practice.beats_per_bar * beat:
+                self._apply(Input.END_GESTURE, now, None)
+                return
+            a = self.answer
+            if a is not None:  # accompanying: one more beat whenever the playhead nears the end
+                while a.time_of(a.target) < now + self.s.answer.lookahead_s + beat:
+                    a.target += TICKS
+                self._generate(now)
             silence = self.s.phrase.silence_beats * beat
             if self.silent_since is not None and now - self.silent_since >= silence:
                 self._apply(Input.SILENCE, now, None)
@@ -215,7 +263,7 @@ class Engine:
 
     def _apply(self, event: Input, t: float, msg: mido.Message | None) -> None:
         before = self.state
-        step = transition(self.state, event, self.s.phrase.barge_in)
+        step = transition(self.state, event, self.s.phrase.barge_in, accompany=self.mode == "accompany")
         self.state = step.state
         for action in step.actions:
             if action is Action.START_CALL:
@@ -226,6 +274,10 @@ class Engine:
                 self._end_call(t)
             elif action is Action.STOP_ANSWER:
                 self._finish_answer(t, stopped=True)
+            elif action is Action.START_ACCOMPANIMENT:
+                self._start_accompaniment(t)
+            elif action is Action.END_ACCOMPANIMENT:
+                self._end_accompaniment(t)
             elif action is Action.PANIC:
                 self._panic(t)
         if self.state is not before:
@@ -234,6 +286,9 @@ class Engine:
     def _start_call(self, t: float) -> None:
         self.calls += 1
         checkpoint = self.sampler.checkpoint()
+        if self.grid_t0 is not None:  # the call's beats are the grid's beats, not its first note's
+            period = 60.0 / self.bpm
+            t = self.grid_t0 + math.floor((t - self.grid_t0) / period + 0.1) * period
         self.call = Call(t0=t, bpm=self.bpm, checkpoint=checkpoint)
         self.tokenizer = StreamTokenizer(self.vocab.settings, self._window_beats(self.bpm))
 
@@ -268,7 +323,7 @@ class Engine:
         assert call is not None
         end = self.silent_since if self.silent_since is not None else now
         self._feed(self.tokenizer.flush(self._beat(end)))
-        if not self.s.tempo.bpm:
+        if not self.grid_fixed:
             bpm = estimate_bpm(call.onsets, call.bpm, self.s.tempo.min_bpm, self.s.tempo.max_bpm)
             if abs(bpm / call.bpm - 1) > RETEMPO:
                 self._retokenize(call, bpm, end)
@@ -282,13 +337,17 @@ class Engine:
         recent = sorted(list(self.step_ms)[-200:])
         margin = self.s.answer.start_margin_s + min(0.5, 4e-3 * (_pct(recent, 99) or 0.0))
         now = self.clock.now() if self.clock is not None else now  # the estimate took time too
-        k = math.ceil((now + margin - call.t0) / period)
+        anchor = self.grid_t0 if self.grid_t0 is not None else call.t0
+        k = math.ceil((now + margin - anchor) / period)
         velocity = round(statistics.fmean(call.velocities)) if call.velocities else 80
         self.answers += 1
         self.answer = Answer(
-            number=self.answers, tag=f"answer-{self.answers}", start=call.t0 + k * period, period=period,
+            number=self.answers, tag=f"answer-{self.answers}", start=anchor + k * period, period=period,
             target=beats * TICKS, velocity=velocity, phrase_end=now,
         )
+        if self.mode == "echo":
+            self.answer.echo = list(self.vocab.decode(call.tokens))
+            self.answer.target = sum(d for _, d in self.answer.echo)
         self.log(
             f"call {self.calls}: {len(call.tokens)} tokens, {call_beats:.1f} beats at {self.bpm:.0f} bpm; "
             f"answering {beats} beats"
@@ -323,11 +382,20 @@ class Engine:
         horizon = now + self.s.answer.lookahead_s
         ch = self.s.answer.channel
         while a.pos < a.target and a.time_of(a.pos) < horizon:
-            started = time.perf_counter()
-            pitches, dur = self.sampler.sample_event()
-            elapsed = (time.perf_counter() - started) * 1e3 / 2  # two model steps per event
-            self.step_ms.extend((elapsed, elapsed))
-            a.step_ms.extend((elapsed, elapsed))
+            if a.echo is not None:
+                if not a.echo:
+                    break
+                pitches, dur = a.echo.pop(0)
+            else:
+                started = time.perf_counter()
+                event = self.sampler.sample_event()
+                if event is None:  # the model ended the piece: the answer ends here
+                    a.target = a.pos
+                    break
+                pitches, dur = event
+                elapsed = (time.perf_counter() - started) * 1e3 / 2  # two model steps per event
+                self.step_ms.extend((elapsed, elapsed))
+                a.step_ms.extend((elapsed, elapsed))
             a.tokens.extend(self.vocab.encode([(pitches, dur)]))
             if not pitches and a.pos == 0:
                 continue  # an answer starts with a note, not with silence
@@ -345,6 +413,62 @@ class Engine:
             a.pos += dur
             if len(a.tokens) > 4 * a.target:  # rests of length 0 cannot occur; this is a guard
                 break
+
+    def _start_accompaniment(self, t: float) -> None:
+        """Accompany mode: play along from the next beat, one beat generated ahead at a time."""
+        call = self.call
+        assert call is not None
+        period = 60.0 / self.bpm
+        anchor = self.grid_t0 if self.grid_t0 is not None else call.t0
+        k = math.floor((t - anchor) / period) + 1
+        self.answers += 1
+        self.answer = Answer(number=self.answers, tag=f"answer-{self.answers}", start=anchor + k * period,
+                             period=period, target=TICKS, velocity=80, phrase_end=t)
+
+    def _end_accompaniment(self, now: float) -> None:
+        self._feed(self.tokenizer.flush(self._beat(now)))
+        self._finish_answer(now, stopped=True)
+
+    def _click(self, now: float) -> None:
+        """Metronome / count-in clicks, scheduled ahead on the absolute grid (no drift)."""
+        r = self.s.practice
+        period = 60.0 / self.bpm
+        while self.clicks_until is None or self.next_click <= self.clicks_until:
+            due = self.grid_t0 + self.next_click * period
+            if due >= now + self.s.answer.lookahead_s:
+                break
+            if due >= now - period / 2:  # after a stall, skip clicks rather than burst them
+                note = r.click_accent if self.next_click % r.beats_per_bar == 0 else r.click_note
+                ch = r.click_channel
+                self.scheduler.schedule(due, mido.Message("note_on", channel=ch, note=note, velocity=r.click_velocity),
+                                        "metronome")
+                self.scheduler.schedule(due + min(0.05, period / 4), mido.Message("note_off", channel=ch, note=note),
+                                        "metronome")
+            self.next_click += 1
+
+    def _follow_clock(self, t: float, msg: mido.Message) -> None:
+        if self.midi_clock is None:
+            return
+        self.midi_clock.feed(t, msg)
+        bpm = self.midi_clock.bpm
+        if self.midi_clock.running and bpm and self.midi_clock.beat_zero is not None:
+            if self.grid_t0 is None:
+                self.log(f"following MIDI clock at {bpm:.1f} bpm")
+            self.bpm = min(self.s.tempo.max_bpm, max(self.s.tempo.min_bpm, bpm))
+            self.grid_t0 = self.midi_clock.beat_zero
+            if self.clicks_until is None and not self.s.practice.metronome:
+                self.clicks_until = -1  # MIDI clock gives a grid, not clicks
+                self.next_click = 0
+
+    def _call_key(self) -> int | None:
+        """The key of the current (or last) call, from every note struck in it."""
+        messages = self.call.messages if self.call else []
+        return best_major(m.note for _, m in messages if m.type == "note_on")
+
+    def _lock(self, tonic: int | None) -> None:
+        self.sampler.set_pitch_classes(None if tonic is None else set(major_scale(tonic)))
+        self.lock = None if tonic is None else scale_name(tonic)
+        self.log(f"scale lock: {self.lock or 'off'}")
 
     def on_sent(self, msg: mido.Message, due: float, actual: float) -> None:
         """The scheduler's hook (its thread): lateness of the answer's messages."""
@@ -429,7 +553,10 @@ class Engine:
             answer_tokens=tuple(names[t] for t in (a.tokens if a else self.last_answer_tokens)[-48:]),
             calls=self.calls, answers=self.answers, player_notes=self.player_notes,
             answer_notes=self.answer_notes, step_p50_ms=_pct(steps, 50) or 0.0,
-            step_p99_ms=_pct(steps, 99) or 0.0, warnings=tuple(self.warnings),
+            step_p99_ms=_pct(steps, 99) or 0.0, warnings=tuple(self.warnings), mode=self.mode, lock=self.lock,
+            clock_source=("midi clock" if self.midi_clock is not None and self.midi_clock.running
+                          else "metronome" if self.s.practice.metronome else "fixed" if self.grid_fixed
+                          else "estimated"),
         )
 
 

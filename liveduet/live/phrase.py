@@ -8,6 +8,11 @@
     ANSWERING --answer played out-------------------> LISTENING
     any       --panic-------------------------------> LISTENING   (silence everything, forget the call)
 
+In accompany mode there is no answer: liveduet plays along beat by beat while the player plays.
+
+    LISTENING --note on-----------------------------> CALLING     (start a call and the accompaniment)
+    CALLING   --silence, or end gesture-------------> LISTENING   (end the accompaniment)
+
 `transition` is pure: the session feeds it inputs and carries out the actions it returns.
 """
 
@@ -37,6 +42,8 @@ class Action(Enum):
     FEED = "feed"
     END_CALL = "end_call"  # also starts the answer
     STOP_ANSWER = "stop_answer"
+    START_ACCOMPANIMENT = "start_accompaniment"
+    END_ACCOMPANIMENT = "end_accompaniment"
     PANIC = "panic"
 
 
@@ -46,18 +53,22 @@ class Step:
     actions: tuple[Action, ...] = ()
 
 
-def transition(state: State, event: Input, barge_in: bool = True) -> Step:
+def transition(state: State, event: Input, barge_in: bool = True, accompany: bool = False) -> Step:
     """The next state and what to do, for one input."""
     if event is Input.PANIC:
         return Step(State.LISTENING, (Action.PANIC,))
     if state is State.LISTENING:
         if event is Input.NOTE_ON:
+            if accompany:
+                return Step(State.CALLING, (Action.START_CALL, Action.START_ACCOMPANIMENT, Action.FEED))
             return Step(State.CALLING, (Action.START_CALL, Action.FEED))
         return Step(state)
     if state is State.CALLING:
         if event in (Input.NOTE_ON, Input.NOTE_OFF):
             return Step(state, (Action.FEED,))
         if event in (Input.SILENCE, Input.END_GESTURE):
+            if accompany:
+                return Step(State.LISTENING, (Action.END_ACCOMPANIMENT,))
             return Step(State.ANSWERING, (Action.END_CALL,))
         return Step(state)
     # ANSWERING

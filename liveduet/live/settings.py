@@ -34,11 +34,25 @@ class AnswerSettings:
 
 
 @dataclass(frozen=True)
+class PracticeSettings:
+    mode: str = "call"  # "call" (call and response) | "echo" (plays the call back) | "accompany"
+    metronome: bool = False  # clicks on every beat (needs a fixed tempo, or MIDI clock)
+    count_in_bars: int = 0  # clicks before the session starts listening
+    beats_per_bar: int = 4
+    call_bars: int = 0  # >0: every call lasts this many bars, whatever the silences
+    click_channel: int = 9  # channel 10: the GM drum channel
+    click_accent: int = 76  # hi wood block on the bar's first beat
+    click_note: int = 77  # low wood block on the others
+    click_velocity: int = 90
+
+
+@dataclass(frozen=True)
 class TempoSettings:
     bpm: float = 0.0  # 0: estimate from each call's onsets
     initial_bpm: float = 100.0  # until the first call is heard
     min_bpm: float = 50.0
     max_bpm: float = 200.0
+    follow_clock: bool = False  # take tempo and beat from incoming MIDI clock (0xF8, start/stop)
 
 
 @dataclass(frozen=True)
@@ -46,6 +60,8 @@ class ControlSettings:
     temperature_cc: int = 1  # the mod wheel: 0..127 → 0.1..2.0
     length_cc: int = 74  # 0..127 → answer length ratio 0.25..2.0
     panic_cc: int = 123  # all notes off from the keyboard also silences liveduet
+    lock_cc: int = 80  # >= 64: answers keep to the key of the last call; < 64: free
+    keyswitches: bool = True  # keys below A0: 0..11 lock to that major scale (C..B), 12..20 unlock
     thru: bool = True
 
 
@@ -55,9 +71,10 @@ class LiveSettings:
     answer: AnswerSettings = field(default_factory=AnswerSettings)
     tempo: TempoSettings = field(default_factory=TempoSettings)
     controls: ControlSettings = field(default_factory=ControlSettings)
+    practice: PracticeSettings = field(default_factory=PracticeSettings)
 
     def __post_init__(self) -> None:
-        p, a, t, c = self.phrase, self.answer, self.tempo, self.controls
+        p, a, t, c, r = self.phrase, self.answer, self.tempo, self.controls, self.practice
         checks = [
             ("phrase.silence_beats", p.silence_beats, 0.25 <= p.silence_beats <= 16),
             ("phrase.end_gesture", p.end_gesture, p.end_gesture in ("silence", "pedal", "cc")),
@@ -79,6 +96,15 @@ class LiveSettings:
             ("controls.temperature_cc", c.temperature_cc, -1 <= c.temperature_cc <= 127),
             ("controls.length_cc", c.length_cc, -1 <= c.length_cc <= 127),
             ("controls.panic_cc", c.panic_cc, -1 <= c.panic_cc <= 127),
+            ("controls.lock_cc", c.lock_cc, -1 <= c.lock_cc <= 127),
+            ("practice.mode", r.mode, r.mode in ("call", "echo", "accompany")),
+            ("practice.count_in_bars", r.count_in_bars, 0 <= r.count_in_bars <= 16),
+            ("practice.beats_per_bar", r.beats_per_bar, 1 <= r.beats_per_bar <= 16),
+            ("practice.call_bars", r.call_bars, 0 <= r.call_bars <= 64),
+            ("practice.click_channel", r.click_channel, 0 <= r.click_channel <= 15),
+            ("practice.click_accent", r.click_accent, 0 <= r.click_accent <= 127),
+            ("practice.click_note", r.click_note, 0 <= r.click_note <= 127),
+            ("practice.click_velocity", r.click_velocity, 1 <= r.click_velocity <= 127),
         ]
         for name, value, ok in checks:
             if not ok:
