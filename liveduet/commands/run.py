@@ -37,6 +37,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tempo", type=float, help="fix the tempo in bpm instead of estimating it from each call")
     p.add_argument("--temperature", type=float, help="sampling temperature 0.1..2.0 (live on the mod wheel)")
     p.add_argument("--no-thru", action="store_true", help="do not pass the player's notes to the output")
+    p.add_argument("--mode", choices=["call", "echo", "accompany"],
+                   help="call: call and response (default); echo: plays your call back (checks routing and "
+                   "latency); accompany: plays along beat by beat while you play")
+    p.add_argument("--metronome", action="store_true", help="click every beat on channel 10 (fixed tempo)")
+    p.add_argument("--count-in", type=int, metavar="BARS", help="bars of clicks before listening starts")
+    p.add_argument("--call-bars", type=int, metavar="N", help="every call lasts N bars instead of ending at a silence")
+    p.add_argument("--follow-clock", action="store_true",
+                   help="take tempo and beat from incoming MIDI clock (e.g. a DAW's), not from the calls")
     p.add_argument("--record", type=Path, metavar="FILE.mid", help="record the session (type-1 MIDI, crash-safe)")
     p.add_argument("--force", action="store_true", help="overwrite an existing recording")
     p.add_argument("--stats", type=Path, metavar="FILE.jsonl", help="append one JSON line of timing per answer")
@@ -57,6 +65,14 @@ def _settings(args: argparse.Namespace):
         over["answer"] = {"temperature": float(args.temperature)}
     if args.no_thru:
         over["controls"] = {"thru": False}
+    if args.follow_clock:
+        over.setdefault("tempo", {})["follow_clock"] = True
+    practice = {k: v for k, v in (("mode", args.mode), ("metronome", args.metronome or None),
+                                  ("count_in_bars", args.count_in), ("call_bars", args.call_bars)) if v is not None}
+    if practice:
+        over["practice"] = practice
+        if (args.metronome or args.count_in) and not (args.tempo or settings.tempo.bpm or args.follow_clock):
+            raise ConfigError("--metronome and --count-in need a tempo: add --tempo BPM (or --follow-clock)")
     try:
         return settings.with_overrides(**over) if over else settings
     except ConfigError as err:
@@ -133,9 +149,28 @@ def run(args: argparse.Namespace) -> int:
             path = recorder.finish(tempo_bpm=session.engine.bpm if "session" in locals() else None)
             say(f"recorded {path}")
     if "session" in locals():
-        e = session.engine
-        say(f"session: {e.calls} calls, {e.answers} answers, {e.player_notes} notes heard, {e.answer_notes} played")
+        _print_summary(session.summary(), args.record, args.no_dashboard)
     return code
+
+
+def _print_summary(summary: dict, record: Path | None, plain: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="liveduet session", show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    labels = {
+        "duration_s": "duration (s)", "calls": "calls", "answers": "answers", "notes_heard": "notes heard",
+        "notes_played": "notes played", "model_step_ms_p50": "model step p50 (ms)",
+        "model_step_ms_p99": "model step p99 (ms)", "answer_late_ms_p99": "answer lateness p99 (ms)",
+        "answer_late_ms_max": "answer lateness max (ms)", "events_dropped": "input events dropped",
+    }
+    for key, label in labels.items():
+        table.add_row(label, "-" if summary.get(key) is None else str(summary[key]))
+    if record:
+        table.add_row("recording", str(record))
+    Console(stderr=not plain, highlight=False).print(table)
 
 
 def _wait(args: argparse.Namespace, session, player, say) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 import mido
 
 from liveduet.live.clock import Clock, MonotonicClock
-from liveduet.live.engine import Engine, EngineSnapshot
+from liveduet.live.engine import Engine, EngineSnapshot, _pct
 from liveduet.live.listener import Listener, clean
 from liveduet.live.phrase import State
 from liveduet.live.recorder import Recorder
@@ -78,12 +78,14 @@ class Session:
         self.input_ok = self.output_ok = True
         self._out_lock = threading.Lock()
         self._out: Any = None  # the output port, swapped on reconnect
-        self.listener = Listener(self.clock)
+        self._to_engine: queue.Queue[tuple[float, mido.Message | str]] = queue.Queue()
+        # MIDI clock (when followed) goes to the engine thread; the rtmidi thread only enqueues.
+        on_clock = (lambda t, m: self._to_engine.put((t, m))) if settings.tempo.follow_clock else None
+        self.listener = Listener(self.clock, on_clock=on_clock)
         self.scheduler = Scheduler(self._send, self.clock, on_sent=self._on_sent)
         self._stats = open(stats_path, "a", encoding="utf-8") if stats_path else None  # noqa: SIM115
         self.engine = Engine(settings, vocab, sampler, self.scheduler, log=log, on_answer=self._on_answer, seed=seed,
                              clock=self.clock)
-        self._to_engine: queue.Queue[tuple[float, mido.Message | str]] = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._started_at = self.clock.now()
@@ -127,6 +129,7 @@ class Session:
     def start(self) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         self._started_at = self.clock.now()
+        self.engine.start(self._started_at)
         self.scheduler.start()
         if self.recorder is not None:
             self.recorder.start()
@@ -200,6 +203,20 @@ class Session:
         if self._stats is not None:
             self._stats.close()
             self._stats = None
+
+    def summary(self) -> dict:
+        """The figures a player wants at the end of a session."""
+        e = self.engine
+        steps = sorted(e.step_ms)
+        late = self.scheduler.lateness_stats()
+        return {
+            "duration_s": round(self.clock.now() - self._started_at, 1),
+            "calls": e.calls, "answers": e.answers,
+            "notes_heard": e.player_notes, "notes_played": e.answer_notes,
+            "model_step_ms_p50": _pct(steps, 50), "model_step_ms_p99": _pct(steps, 99),
+            "answer_late_ms_p99": round(late.p99 * 1e3, 3), "answer_late_ms_max": round(late.max * 1e3, 3),
+            "events_dropped": self.listener.dropped,
+        }
 
     def idle(self) -> bool:
         """True when no call is being heard, no answer is playing and nothing waits to be handled."""
