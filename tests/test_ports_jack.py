@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -279,3 +280,19 @@ def test_paced_panic_arrives_complete_through_jack(
         ]
 
     check_delivery(jack_server, attempt, check)
+
+
+def test_port_lister_keeps_one_client_and_sees_ports_come_and_go(backend: mido.Backend) -> None:
+    from liveduet.io.ports import PortLister
+
+    lister = PortLister(backend)
+    try:
+        port = backend.open_output(f"lister-{os.getpid()}", virtual=True)
+        assert any(n.endswith(f":lister-{os.getpid()}") for n in lister.names("input"))
+        port.close()
+        deadline = time.monotonic() + 2
+        while any(n.endswith(f":lister-{os.getpid()}") for n in lister.names("input")):
+            assert time.monotonic() < deadline, "a closed port vanishes from the listing"
+            time.sleep(0.05)
+    finally:
+        lister.close()

@@ -232,11 +232,12 @@ def _watch(backend, args, session, say) -> list:
             say(f"reconnecting {name} failed: {err}")
 
     watchers = []
+    lister = ports.PortLister(backend)
     for kind, query in (("input", args.inp), ("output", args.out)):
         if not query:
             continue
         watcher = ports.PortWatcher(
-            lambda k=kind: ports.port_names(backend, k), [query],
+            lambda k=kind: lister.names(k), [query],
             on_lost=lambda n, k=kind: lost(k, n), on_back=lambda n, k=kind: back(k, n), kind=kind,
         )
         watcher.start()
