@@ -31,7 +31,7 @@ from liveduet.config import load_train_config
 from liveduet.model.lstm import DuetLM
 from liveduet.model.runtime import ModelRuntime
 from liveduet.model.sampling import Sampler
-from liveduet.model.train import loss_fn, make_optimizer
+from liveduet.model.train import loss_fn, make_optimizer, resolve_precision
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_STEP_MS = 0.25
@@ -96,9 +96,12 @@ def bench_train(config: Path, vocab_size: int, data: np.ndarray | None, steps: i
         starts = rng.integers(0, len(data) - tcfg.seq_len - 1, tcfg.batch)
         return torch.from_numpy(np.stack([data[s : s + tcfg.seq_len + 1] for s in starts]).astype(np.int64))
 
+    autocast = resolve_precision(tcfg.precision, torch.device("cpu"))
+
     def one() -> None:
         b = batch()
-        logits, _ = model(b[:, :-1])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast is not None):
+            logits, _ = model(b[:, :-1])
         loss = loss_fn(logits, b[:, 1:], tcfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -114,7 +117,8 @@ def bench_train(config: Path, vocab_size: int, data: np.ndarray | None, steps: i
     tokens = steps * tcfg.batch * tcfg.seq_len
     return {"config": str(config.relative_to(REPO) if config.is_relative_to(REPO) else config),
             "params": model.num_params(), "batch": tcfg.batch, "seq_len": tcfg.seq_len, "steps": steps,
-            "threads": threads, "onednn": True, "tokens_per_s": round(tokens / seconds),
+            "threads": threads, "onednn": True, "precision": "bf16 autocast" if autocast else "fp32",
+            "tokens_per_s": round(tokens / seconds),
             "ms_per_step": round(seconds / steps * 1e3, 1)}
 
 

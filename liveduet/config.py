@@ -24,6 +24,7 @@ T = TypeVar("T")
 LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "adamw")
 TARGETS = ("all", "last")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass
@@ -42,6 +43,9 @@ class TrainConfig:
     eval_every: int = 0  # also evaluate (and checkpoint) every N steps; 0 = once per epoch
     targets: str = "all"  # "all": every position of a window is a target; "last": the seed's way
     label_smoothing: float = 0.0
+    # "bf16": matrix products under bf16 autocast (weights, optimiser and loss stay fp32); ~1.9x
+    # faster on CPUs with AMX/AVX512-BF16. "auto": bf16 where the hardware has it, else fp32.
+    precision: str = "fp32"
 
     def validate(self) -> None:
         def bad(key: str, why: str) -> ConfigError:
@@ -75,6 +79,8 @@ class TrainConfig:
             raise bad("targets", f"must be one of {', '.join(TARGETS)}")
         if not 0 <= self.label_smoothing < 1:
             raise bad("label_smoothing", "must be in [0, 1)")
+        if self.precision not in PRECISIONS:
+            raise bad("precision", f"must be one of {', '.join(PRECISIONS)}")
 
 
 def _check_type(section: str, key: str, value: Any, hint: Any) -> Any:

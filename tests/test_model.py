@@ -24,8 +24,8 @@ ARCHS = {
 
 def make(arch: str, **kw: object) -> DuetLM:
     torch.manual_seed(0)
-    cfg = ModelConfig(arch=arch, vocab_size=V, embed=24, hidden=32, layers=2, dropout=0.1, attn_heads=4,
-                      attn_window=6, **kw)
+    kw = {"embed": 24, "hidden": 32, **kw}
+    cfg = ModelConfig(arch=arch, vocab_size=V, layers=2, dropout=0.1, attn_heads=4, attn_window=6, **kw)
     return DuetLM(cfg).eval()
 
 
@@ -102,9 +102,11 @@ def test_attention_sees_only_its_window() -> None:
     assert torch.equal(a[0, 6:], b[0, 6:])  # position 6 on do not
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_scripted_step_matches_eager_forward(arch: str) -> None:
-    model = make(arch)
+@pytest.mark.parametrize("arch, extra", [(a, {}) for a in ARCHS] + [
+    ("lstm", {"embed": 16, "head_dim": 16, "tie_weights": True}),  # the default's shape: projection, tied head
+])
+def test_scripted_step_matches_eager_forward(arch: str, extra: dict) -> None:
+    model = make(arch, **extra)
     scripted = script_step_module(model)
     tokens = torch.randint(0, V, (1, 20), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
@@ -138,7 +140,7 @@ def test_shipped_configs_parse(name: str) -> None:
 
 def test_default_config_is_the_realtime_size() -> None:
     model, train = load_train_config(REPO / "configs" / "default.toml")
-    assert (model.arch, model.layers, model.hidden) == ("lstm", 2, 256)
+    assert (model.arch, model.layers, model.hidden, model.head_width) == ("lstm", 2, 192, 128)
     seed, seed_train = load_train_config(REPO / "configs" / "seed-3x512.toml")
     assert (seed.layers, seed.hidden, seed.dropout, seed_train.seq_len, seed_train.batch) == (3, 512, 0.3, 100, 64)
     assert seed_train.optimizer == "adam"
@@ -151,10 +153,12 @@ def test_default_config_is_the_realtime_size() -> None:
     ("[model]\narch = 'transformer'\n", "arch = 'transformer': must be one of"),
     ("[model]\ndropout = 1.5\n", "dropout = 1.5"),
     ("[model]\nvocab_size = 100\n", "unknown key 'vocab_size'"),
-    ("[model]\ntie_weights = true\nembed = 64\nhidden = 128\n", "tie_weights = True: needs embed == hidden"),
+    ("[model]\ntie_weights = true\nembed = 64\nhidden = 128\n", "tie_weights = True: needs embed == the head's"),
+    ("[model]\nhead_dim = -1\n", "head_dim = -1: must be 0..8192"),
     ("[model]\narch = 'lstm_attn'\nhidden = 30\nattn_heads = 4\n", "attn_heads = 4: must divide hidden"),
     ("[train]\nlr = -1\n", "[train] lr = -1.0"),
     ("[train]\ntargets = 'some'\n", "targets = 'some'"),
+    ("[train]\nprecision = 'fp8'\n", "precision = 'fp8': must be one of fp32, bf16, auto"),
     ("[trian]\nlr = 1\n", "unknown section [trian]"),
     ("[train\n", "not valid TOML"),
 ])

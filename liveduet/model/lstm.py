@@ -38,7 +38,11 @@ class ModelConfig:
     dropout: float = 0.1
     attn_heads: int = 4  # lstm_attn only
     attn_window: int = 64  # lstm_attn only: how many past outputs each token attends to
-    tie_weights: bool = False  # share the embedding with the output head (needs embed == hidden)
+    # Width of the output head's input: 0 = hidden. A smaller value adds a hidden → head_dim
+    # projection; with a large vocabulary the head's V × width matrix is most of what a live step
+    # reads from memory, and a step's cost is those bytes (see benchmarks/bench_model.py).
+    head_dim: int = 0
+    tie_weights: bool = False  # share the embedding with the output head (needs embed == head width)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad key and its value."""
@@ -61,8 +65,14 @@ class ModelConfig:
                 raise bad("attn_heads", f"must divide hidden ({self.hidden})")
             if not 1 <= self.attn_window <= 4096:
                 raise bad("attn_window", "must be 1..4096")
-        if self.tie_weights and self.embed != self.hidden:
-            raise bad("tie_weights", f"needs embed == hidden (got {self.embed} and {self.hidden})")
+        if not 0 <= self.head_dim <= 8192:
+            raise bad("head_dim", "must be 0..8192 (0 = hidden)")
+        if self.tie_weights and self.embed != self.head_width:
+            raise bad("tie_weights", f"needs embed == the head's width (got {self.embed} and {self.head_width})")
+
+    @property
+    def head_width(self) -> int:
+        return self.head_dim or self.hidden
 
 
 # -- state -----------------------------------------------------------------------------------
@@ -227,7 +237,8 @@ class DuetLM(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.core: nn.Module = GRUCore(cfg) if cfg.arch == "gru" else LSTMCore(cfg)
         self.attn = LocalAttention(cfg) if cfg.arch == "lstm_attn" else None
-        self.head = nn.Linear(cfg.hidden, cfg.vocab_size)
+        self.proj = nn.Linear(cfg.hidden, cfg.head_dim, bias=False) if cfg.head_width != cfg.hidden else None
+        self.head = nn.Linear(cfg.head_width, cfg.vocab_size)
         if cfg.tie_weights:
             self.head.weight = self.embed.weight
         self.state_type = {"lstm": LSTMState, "gru": GRUState, "lstm_attn": AttnState}[cfg.arch]
@@ -254,6 +265,8 @@ class DuetLM(nn.Module):
         if self.attn is not None:
             y, keys, values, pos = self.attn.run(y, state[2], state[3], state[4])
             rnn_state = rnn_state + [keys, values, pos]
+        if self.proj is not None:
+            y = self.proj(y)  # [B, T, D]
         logits = self.head(self.drop(y))  # [B, T, V]
         return logits, rnn_state
 

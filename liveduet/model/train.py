@@ -197,11 +197,31 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
                               {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
 
 
+def cpu_has_bf16() -> bool:
+    """Native bf16 matrix units (AMX or AVX512-BF16); without them bf16 is emulated and slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for training, or None for plain fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if cpu_has_bf16() else None
+    return torch.bfloat16
+
+
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     """logits [B, T, V], targets [B, T] → mean cross-entropy over the scored positions."""
     if cfg.targets == "last":
         logits, targets = logits[:, -1:], targets[:, -1:]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                            ignore_index=PAD, label_smoothing=cfg.label_smoothing)
 
 
@@ -341,6 +361,7 @@ def train(req: TrainRequest, on_eval: Callable[[dict], None] | None = None) -> d
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dd.local_rank] if device.type == "cuda" else None)
 
+    autocast_dtype = resolve_precision(tcfg.precision, device)
     windows = Windows(train_stream, tcfg.seq_len, tcfg.batch, seed)
     steps_per_epoch = windows.steps_per_epoch()
     total_steps = steps_per_epoch * tcfg.epochs
@@ -356,6 +377,7 @@ def train(req: TrainRequest, on_eval: Callable[[dict], None] | None = None) -> d
             "config": {"model": asdict(mcfg), "train": asdict(tcfg)}, "seed": seed,
             "vocab_fingerprint": vocab.fingerprint(), "params": model.num_params(),
             "world_size": dd.world, "device": device.type, "torch": torch.__version__, "commands": commands,
+            "precision": "bf16 autocast" if autocast_dtype is not None else "fp32",
         }
         (out / "run.json").write_text(json.dumps(run_info, indent=1) + "\n")
 
@@ -417,7 +439,9 @@ def train(req: TrainRequest, on_eval: Callable[[dict], None] | None = None) -> d
                     torch.manual_seed(hash_seed(seed, epoch, step, dd.rank))
                     for g in opt.param_groups:
                         g["lr"] = lr_at(tcfg, global_step, total_steps)
-                    logits, _ = ddp_model(batch[:, :-1])  # [b, T, V]
+                    with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16,
+                                        enabled=autocast_dtype is not None):
+                        logits, _ = ddp_model(batch[:, :-1])  # [b, T, V]
                     loss = loss_fn(logits, batch[:, 1:], tcfg)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
