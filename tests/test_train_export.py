@@ -7,6 +7,7 @@ checkpoints and model folders, and DistributedDataParallel with two gloo CPU pro
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -156,6 +157,15 @@ def test_new_run_refuses_existing_folder_and_resume_refuses_other_config(tiny_da
     assert "--resume" in capsys.readouterr().err
     assert run_train(tiny_data, tiny_run, "--resume", "--config", str(REPO / "configs" / "gru.toml")) == 2
     assert "differs from the config" in capsys.readouterr().err
+
+
+def test_bf16_autocast_training_keeps_fp32_weights(tiny_data: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "bf16.toml"
+    cfg.write_text(TINY.read_text().replace("patience = 0", "patience = 0\nprecision = \"bf16\""))
+    summary = train(TrainRequest(tiny_data, tmp_path / "r", cfg, epochs=1, quiet=True))
+    assert math.isfinite(summary["best_val_nll"])
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["precision"] == "bf16 autocast"
+    assert all(w.dtype == torch.float32 for w in weights(tmp_path / "r").values())
 
 
 def test_bad_config_is_one_line_error(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -106,6 +106,8 @@ def _prepare_command(data: dict | None, data_dir: str) -> str | None:
                      "--transpose " + ",".join(map(str, shifts)))
     if s.get("min_count", 3) != 3:
         parts.append(f"--min-count {s['min_count']}")
+    if s.get("max_chords") is not None:
+        parts.append(f"--max-chords {s['max_chords']}")
     if s.get("val_percent", 5.0) != 5.0:
         parts.append(f"--val-percent {s['val_percent']:g}")
     parts.append(f"--out {data_dir}")
@@ -239,6 +241,10 @@ def render_card(card: dict) -> str:
         lines += ["```json", json.dumps(ev, indent=1), "```", ""]
     else:
         lines += ["Not run at export time (`liveduet evaluate --model DIR --data DATA --json`).", ""]
+    bench = card.get("benchmark")
+    if bench:
+        lines += ["## Speed", "", "From `benchmarks/bench_model.py` on the machine it was trained on:", "",
+                  "```json", json.dumps(bench, indent=1), "```", ""]
     lines += ["## Reproduce", "", "```sh", *card["reproduce"], "```", "",
               f"Exported {card['created']} by liveduet {card['liveduet_version']}; the exported step matches "
               f"the trained model within {card['export_parity_max_abs']:.1e}.", ""]

@@ -26,7 +26,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -250,27 +250,33 @@ def stream_crc(stream: np.ndarray) -> int:
 
 @dataclass
 class Progress:
-    """What the loop reports: the rich bar on an interactive terminal, lines otherwise."""
+    """What the loop reports: a rich bar on a terminal; otherwise (a log file, CI) a plain line
+    every `every` seconds, since a bar redrawn in a file shows nothing until the end."""
 
     total: int
     quiet: bool
+    every: float = 60.0
     _bar: object = None
     _task: object = None
-    lines: list[str] = field(default_factory=list)
+    _last: float = 0.0
 
     def __enter__(self) -> Progress:
         if not self.quiet:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-            from rich.progress import Progress as RichProgress
 
-            self._bar = RichProgress(
-                TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}  val {task.fields[val]}  {task.fields[tps]} tok/s"),
-                TimeElapsedColumn(), console=Console(stderr=True),
-            )
-            self._bar.__enter__()
-            self._task = self._bar.add_task("train", total=self.total, epoch="-", loss="-", val="-", tps="-")
+            console = Console(stderr=True)
+            if console.is_terminal:
+                from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+                from rich.progress import Progress as RichProgress
+
+                self._bar = RichProgress(
+                    TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]}  val {task.fields[val]}  {task.fields[tps]} tok/s"),
+                    TimeElapsedColumn(), console=console,
+                )
+                self._bar.__enter__()
+                self._task = self._bar.add_task("train", total=self.total, epoch="-", loss="-", val="-", tps="-")
+        self._last = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -280,12 +286,16 @@ class Progress:
     def update(self, done: int, **fields: str) -> None:
         if self._bar is not None:
             self._bar.update(self._task, completed=done, **fields)
+        elif not self.quiet and "loss" in fields and time.perf_counter() - self._last >= self.every:
+            self._last = time.perf_counter()
+            print(f"step {done}/{self.total}  epoch {fields.get('epoch', '-')}  loss {fields['loss']}  "
+                  f"{fields.get('tps', '-')} tok/s", file=sys.stderr, flush=True)
 
     def log(self, text: str) -> None:
         if self._bar is not None:
             self._bar.console.print(text)
         elif not self.quiet:
-            print(text, file=sys.stderr)
+            print(text, file=sys.stderr, flush=True)
 
 
 def train(req: TrainRequest, on_eval: Callable[[dict], None] | None = None) -> dict:
