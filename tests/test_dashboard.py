@@ -61,9 +61,10 @@ def text(renderable: object, width: int = 100) -> str:
 def test_answering_frame_shows_everything() -> None:
     out = text(render(snap(), 100))
     lines = out.splitlines()
-    assert "ANSWERING   beat 2.50 ○ ○ ● ○   96.0 bpm   key G major   chord G major triad" in lines[1]
+    assert "ANSWERING   beat 2.50 ○ ○ ● ○   96.0 bpm (estimated)   key G major   chord G major triad" in lines[1]
     assert "in Keyboard (connected)   out Synth (LOST)" in out
-    assert "temperature 0.90 (+/-)   answer length ×1.00   calls 2  answers 2  notes in 30  out 22" in out
+    assert "temperature 0.90 (+/-)   answer length ×1.00   mode call   scale lock off" in out
+    assert "calls 2  answers 2  notes in 30  out 22" in out
     assert "G3+D4+B4 d1 C4 d1/2 D4 d1/2 E4 d1 R d1/2 G4" in out  # the call's tokens
     assert "E4+G4+C5 d1 D5 d1/2 C5 d1/2 B4 d1 G4+B4+D5 d1" in out  # the answer's
     assert "model step p50 0.41 ms  p99 1.20 ms   answer lateness p99 0.80 ms   dropped 3" in out

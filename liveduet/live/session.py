@@ -167,8 +167,11 @@ class Session:
             try:
                 if item is not None:
                     t, msg = item
-                    if isinstance(msg, str):
-                        engine.panic(t)
+                    if isinstance(msg, str):  # a command from the terminal
+                        if msg.startswith("temperature="):
+                            engine.set_temperature(float(msg.split("=", 1)[1]))
+                        else:
+                            engine.panic(t)
                     else:
                         engine.handle(t, msg)
                 engine.tick(now)
@@ -186,12 +189,11 @@ class Session:
 
     def panic(self) -> None:
         """Silence everything now (any thread): the engine thread carries it out."""
-        self._to_engine.put((self.clock.now(), "panic"))
+        self._to_engine.put((self.clock.now(), "panic"))  # a command, not a message
 
     def set_temperature(self, value: float) -> None:
-        self._to_engine.put((self.clock.now(), mido.Message(
-            "control_change", control=self.settings.controls.temperature_cc,
-            value=round(min(127, max(0, (value - 0.1) / 1.9 * 127))))))
+        """Set the temperature exactly (any thread); the engine thread applies it."""
+        self._to_engine.put((self.clock.now(), f"temperature={value}"))
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop the threads, close every open note (panic), keep the output port open for the caller."""

@@ -285,7 +285,7 @@ def render(
 
     head = Text.assemble(
         (e.state.upper(), STATE_STYLE.get(e.state, "bold")),
-        f"   beat {e.beat:.2f} {_beat_dots(e.beat, e.state)}   {e.bpm:.1f} bpm   ",
+        f"   beat {e.beat:.2f} {_beat_dots(e.beat, e.state)}   {e.bpm:.1f} bpm ({e.clock_source})   ",
         "key ", (harmony.key, "bold"), "   chord ", (harmony.chord, "bold"),
     )
     ports = Text.assemble(
@@ -299,8 +299,9 @@ def render(
     )
     controls = Text.assemble(
         "temperature ", (f"{e.temperature:.2f}", "bold"), " (+/-)   answer length ",
-        (f"×{e.length_ratio:.2f}", "bold"),
-        f"   calls {e.calls}  answers {e.answers}  notes in {e.player_notes}  out {e.answer_notes}",
+        (f"×{e.length_ratio:.2f}", "bold"), "   mode ", (e.mode, "bold"), "   scale lock ",
+        (e.lock or "off", "bold" if e.lock else "dim"),
+        f"\ncalls {e.calls}  answers {e.answers}  notes in {e.player_notes}  out {e.answer_notes}",
     )
     top = Panel(Group(head, ports, controls), title="liveduet", title_align="left", width=width)
 
