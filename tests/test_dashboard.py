@@ -70,7 +70,7 @@ def test_answering_frame_shows_everything() -> None:
     assert "model step p50 0.41 ms  p99 1.20 ms   answer lateness p99 0.80 ms   dropped 3" in out
     assert "recording /tmp/x.mid  12.3 s" in out
     assert "⚠ output port lost: Synth" in out
-    assert lines[-1].startswith("p panic   + / - temperature   r record (n/a)   q quit")
+    assert lines[-1].startswith("p panic   + / - temperature   r record on/off   q quit")
     assert all(len(line) <= 100 for line in lines)
 
 
@@ -251,6 +251,10 @@ class FakeSession:
     def set_temperature(self, value: float) -> None:
         self.temperatures.append(value)
 
+    def toggle_recording(self) -> str:
+        self.recording = not getattr(self, "recording", False)
+        return "recording to x.mid" if self.recording else "recorded x.mid"
+
 
 def test_keys() -> None:
     session, stop = FakeSession(snap()), threading.Event()
@@ -262,7 +266,9 @@ def test_keys() -> None:
     board.handle_key("-")
     assert session.temperatures == [1.0, 1.1, 1.0]
     board.handle_key("r")
-    assert "--record" in board._notice and not stop.is_set()
+    assert board._notice == "recording to x.mid" and not stop.is_set()
+    board.handle_key("r")
+    assert board._notice == "recorded x.mid"
     board.handle_key("x")
     assert session.panics == 1 and len(session.temperatures) == 3
     board.handle_key("q")

@@ -145,7 +145,10 @@ def run(args: argparse.Namespace) -> int:
             port = out_port
         if port is not None:
             port.close()
+        if "session" in locals():
+            recorder = session.recorder  # the one running now: `r` in the dashboard may have swapped it
         if recorder is not None:
+            recorder.stop()
             path = recorder.finish(tempo_bpm=session.engine.bpm if "session" in locals() else None)
             say(f"recorded {path}")
     if "session" in locals():

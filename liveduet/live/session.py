@@ -113,8 +113,9 @@ class Session:
                 self._out.send(msg)
 
     def _on_sent(self, msg: mido.Message, due: float, actual: float) -> None:
-        if self.recorder is not None:
-            self.recorder.on_sent(msg, due, actual)
+        rec = self.recorder  # read once: `toggle_recording` may swap it from another thread
+        if rec is not None:
+            rec.on_sent(msg, due, actual)
         self.engine.on_sent(msg, due, actual)
 
     def _on_answer(self, stats: dict) -> None:
@@ -151,8 +152,9 @@ class Session:
             is_control = msg.type == "control_change" and msg.control in controls
             if thru and not is_control:
                 self.scheduler.send_now(msg)
-            if self.recorder is not None and not is_control:
-                self.recorder.record_player(msg, t)
+            rec = self.recorder
+            if rec is not None and not is_control:
+                rec.record_player(msg, t)
             self._to_engine.put((t, clean(msg) or msg))
 
     def _run_engine(self) -> None:
@@ -205,6 +207,23 @@ class Session:
         if self._stats is not None:
             self._stats.close()
             self._stats = None
+
+    def toggle_recording(self, folder: Path = Path(".")) -> str:
+        """Start recording to a new timestamped file, or finish the one running (any thread).
+        Returns a line for the user."""
+        import datetime as dt
+
+        rec = self.recorder
+        if rec is not None:
+            self.recorder = None  # producers see None from now on; a late record() on `rec` is refused
+            rec.stop()
+            path = rec.finish(tempo_bpm=self.engine.bpm)
+            return f"recorded {path}"
+        path = folder / f"liveduet-{dt.datetime.now():%Y%m%d-%H%M%S}.mid"
+        rec = Recorder(path, clock=self.clock, tempo_bpm=self.engine.bpm)
+        rec.start()
+        self.recorder = rec
+        return f"recording to {path}"
 
     def summary(self) -> dict:
         """The figures a player wants at the end of a session."""

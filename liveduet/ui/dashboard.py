@@ -46,7 +46,7 @@ STATE_STYLE = {"listening": "bold green", "calling": "bold cyan", "answering": "
 PART_STYLE = {"call": "cyan", "answer": "magenta"}
 SIDE_BY_SIDE_WIDTH = 90  # narrower terminals get the call and answer rolls stacked
 NO_OUTPUT = ("", "(none)")  # what `liveduet run` names the output when there is none (record only)
-FOOTER_KEYS = "p panic   + / - temperature   r record (n/a)   q quit"
+FOOTER_KEYS = "p panic   + / - temperature   r record on/off   q quit"
 
 Event = tuple[tuple[int, ...], int]  # (pitches, duration in twelfths of a beat), as in music.tokens
 
@@ -400,8 +400,8 @@ class LogBuffer:
 class Dashboard:
     """Rich Live over a Session: `start()` returns at once, `stop()` restores the terminal.
 
-    Keys (when stdin is a terminal): p panic, + / - temperature, r recording (not available: the
-    Session records to the file chosen at start and cannot open or close one mid-session), q quit.
+    Keys (when stdin is a terminal): p panic, + / - temperature, r starts a recording to a new
+    timestamped file (or finishes the running one), q quit.
     """
 
     def __init__(self, session: Any, stop_event: threading.Event, console: Console | None = None,
@@ -446,7 +446,10 @@ class Dashboard:
         elif key in "+=-_":
             self._nudge_temperature(TEMPERATURE_STEP if key in "+=" else -TEMPERATURE_STEP)
         elif key in "rR":
-            self.say("recording is set at start (--record FILE.mid)")
+            try:
+                self.say(self.session.toggle_recording())
+            except Exception as err:  # a full disk, an unwritable folder: say it, keep playing
+                self.say(f"recording failed: {err}")
         elif key in "qQ":
             self.say("quitting: all notes off, saving the recording")
             self.stop_event.set()
