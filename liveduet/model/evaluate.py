@@ -102,14 +102,27 @@ def select_pieces(pieces: Sequence[np.ndarray], max_tokens: int) -> list[np.ndar
 
 
 def score_model(runtime: ModelRuntime, pieces: Sequence[np.ndarray], batch: int = BATCH,
-                window: int | None = None) -> Score:
+                window: int | None = None, threads: int | None = None) -> Score:
     """NLL, perplexity and top-1 of a ModelRuntime on whole pieces, each from the initial state.
-    Pieces run in windows of `window` steps (default: what fits LOGITS_BUDGET), the state carried."""
+    Pieces run in windows of `window` steps (default: what fits LOGITS_BUDGET), the state carried;
+    `threads` sets torch's thread count for the call."""
     import torch
-    import torch.nn.functional as F
 
     if window is None:
         window = max(16, LOGITS_BUDGET // (batch * len(runtime.vocab)))
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _score_model(runtime, pieces, batch, window)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _score_model(runtime: ModelRuntime, pieces: Sequence[np.ndarray], batch: int, window: int) -> Score:
+    import torch
+    import torch.nn.functional as F
+
     nll, correct, count = 0.0, 0, 0
     with torch.inference_mode():
         by_length = sorted(pieces, key=len, reverse=True)  # similar lengths together: little padding
@@ -186,15 +199,8 @@ def evaluate(runtime: ModelRuntime, data: Dataset, options: EvalOptions,
     timing = {}
 
     log("scoring the model")
-    import torch
-
     started = time.perf_counter()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(options.threads)
-    try:
-        model_score = score_model(runtime, val)
-    finally:
-        torch.set_num_threads(threads)
+    model_score = score_model(runtime, val, threads=options.threads)
     timing["model_score"] = time.perf_counter() - started
 
     log("fitting the unigram and Markov baselines")
