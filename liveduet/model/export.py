@@ -236,8 +236,18 @@ def render_card(card: dict) -> str:
         "",
     ]
     ev = card.get("evaluation")
+    if card.get("notes"):
+        lines += ["## Notes", "", str(card["notes"]), ""]
     lines += ["## Evaluation", ""]
     if ev:
+        scored = [(k, ev[k]) for k in ("model", "markov", "unigram") if isinstance(ev.get(k), dict) and "nll" in ev[k]]
+        if scored:
+            lines += [f"Next-token prediction on {_fmt(scored[0][1].get('tokens'))} held-out tokens "
+                      f"(`liveduet evaluate`, data `{_fmt(ev.get('data'))}`):", "",
+                      "| predictor | NLL (nats/token) | perplexity | top-1 accuracy |", "|---|---|---|---|"]
+            lines += [f"| {k} | {v['nll']:.4f} | {_fmt(v.get('perplexity'), '.2f')} | "
+                      f"{_fmt(v.get('accuracy'), '.3f')} |" for k, v in scored]
+            lines += ["", "Full output:", ""]
         lines += ["```json", json.dumps(ev, indent=1), "```", ""]
     else:
         lines += ["Not run at export time (`liveduet evaluate --model DIR --data DATA --json`).", ""]

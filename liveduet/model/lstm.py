@@ -114,9 +114,10 @@ class LSTMCore(nn.Module):
 class FusedLSTMCore(nn.Module):
     """LSTMCore's inference twin for live stepping: one matrix product per layer per token.
 
-    At batch 1 with oneDNN off, `nn.LSTM` costs ~170 µs per layer-step in 2×256 (separate input and
-    hidden products plus per-call setup) against ~60 µs here: the input and hidden weights are
-    concatenated once, and the gates reordered (i, f, o, g) so one sigmoid and one tanh cover them.
+    A batch-1 step is bound by the bytes of weights it reads; what remains is per-op overhead, which
+    this trims: the input and hidden weights are concatenated once (one product per layer instead
+    of two) and the gates reordered (i, f, o, g) so one sigmoid and one tanh cover them. Measured on
+    the default model: ~10 % faster per step than `nn.LSTM` (oneDNN off), TorchScript both.
     Same weights, same function; sums are reassociated, so results differ at float rounding (~1e-7).
     """
 
