@@ -55,8 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--transpose", type=parse_range, default=[0], metavar="RANGE",
                    help="transposition augmentation in semitones, e.g. -5..6 (default: 0, none)")
     p.add_argument("--min-count", type=int, default=3, help="keep chords seen at least this often (default 3)")
-    p.add_argument("--max-chords", type=int, default=6000,
-                   help="keep at most this many chords, the most frequent (default 6000; 0: no cap)")
+    p.add_argument("--max-chords", type=int, default=2000,
+                   help="keep at most this many chords, the most frequent (default 2000; 0: no cap)")
     p.add_argument("--val-percent", type=float, default=5.0, help="pieces held out for validation (default 5)")
     p.add_argument("--vocab", type=Path, help="use this vocab.json instead of building one (e.g. a model's)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
