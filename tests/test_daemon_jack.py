@@ -120,7 +120,8 @@ def test_duet_answers_on_the_synth_and_records_exactly(ports, tmp_path):
         events = phrase()
         play(keyboard, events, time.monotonic() + 0.3)
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not (tmp_path / "stats.jsonl").exists():
+        stats_file = tmp_path / "stats.jsonl"  # one line per answer, written when it is done
+        while time.monotonic() < deadline and not (stats_file.exists() and stats_file.read_text().strip()):
             time.sleep(0.1)
         time.sleep(0.5)
     finally:
