@@ -173,6 +173,10 @@ def main() -> None:
     try:
         ref = start([sys.executable, "-c", THRU])
         into, back = port_ending(":ref-in"), port_ending(":ref-out")
+        time.sleep(2)
+        cpu0, t0 = cpu_seconds(ref.pid), time.monotonic()
+        time.sleep(10)
+        result["reference_idle_cpu_percent"] = round(100 * (cpu_seconds(ref.pid) - cpu0) / (time.monotonic() - t0), 2)
         result["reference_python_thru"] = merge([latency_run(into, back, args.probes) for _ in range(args.rounds)])
         stop(ref)
 
@@ -200,19 +204,28 @@ def main() -> None:
             runs.append(latency_run(into, back, args.probes))
             time.sleep(max(0.0, 7.0 - 1.2))
         result["daemon_answering"] = merge(runs)
+        for _ in range(2):  # answers with no probe traffic: the scheduler alone
+            play(keyboard, call)
+            time.sleep(8.0)
         result["daemon_rss_mb"] = round(rss_mb(daemon.pid), 1)
         keyboard.close()
         stop(daemon)
-        answers = [json.loads(line) for line in stats.read_text().splitlines() if line.strip()]
+        all_answers = [json.loads(line) for line in stats.read_text().splitlines() if line.strip()]
+        result["answers_without_thru_traffic"] = [
+            {k: a[k] for k in ("first_late_ms", "late_ms_p50", "late_ms_p99", "late_ms_max", "messages")}
+            for a in all_answers[args.rounds:]
+        ]
+        answers = all_answers[: args.rounds]  # while thru carried ~300 probes/s
         firsts = sorted(abs(a["first_late_ms"]) for a in answers if a.get("first_late_ms") is not None)
         def col(key: str) -> list[float]:
             return [a[key] or 0.0 for a in answers] or [float("nan")]
 
-        result["answers"] = {
+        result["answers_during_probes"] = {
             "count": len(answers),
             "first_note_late_ms_max": max(firsts) if firsts else None,
             "first_note_late_ms_median": statistics.median(firsts) if firsts else None,
             "scheduler_late_ms_p99_max": max(col("late_ms_p99")),
+            "scheduler_late_ms_p99_median": statistics.median(col("late_ms_p99")),
             "scheduler_late_ms_p50_median": statistics.median(col("late_ms_p50")),
             "model_step_ms_p50_median": statistics.median(col("step_ms_p50")),
             "model_step_ms_p99_max": max(col("step_ms_p99")),

@@ -35,6 +35,7 @@ from liveduet.music.tokens import TICKS, Event, StreamTokenizer, Vocabulary
 
 SUSTAIN = 64
 RETEMPO = 0.08  # re-tokenize the call when its estimated tempo differs by more than this share
+SEND_GUARD_S = 0.004  # no sampling this close before a scheduled send (see _send_imminent)
 IDLE_BEATS = 8  # no input at all for this long ends a call even with keys down (lost note-offs)
 
 
@@ -382,6 +383,8 @@ class Engine:
         horizon = now + self.s.answer.lookahead_s
         ch = self.s.answer.channel
         while a.pos < a.target and a.time_of(a.pos) < horizon:
+            if a.echo is None and self._send_imminent(a):
+                break  # the next tick samples; this one leaves the GIL to the scheduler's send
             if a.echo is not None:
                 if not a.echo:
                     break
@@ -413,6 +416,15 @@ class Engine:
             a.pos += dur
             if len(a.tokens) > 4 * a.target:  # rests of length 0 cannot occur; this is a guard
                 break
+
+    def _send_imminent(self, a: Answer) -> bool:
+        """True when a scheduled message is due within SEND_GUARD_S and the answer has slack:
+        sampling then (Python holding the GIL ~0.3 ms per step) would make that send late."""
+        if self.clock is None:
+            return False
+        now = self.clock.now()
+        due = self.scheduler.next_due()
+        return due is not None and 0 <= due - now < SEND_GUARD_S and a.time_of(a.pos) - now > 4 * SEND_GUARD_S
 
     def _start_accompaniment(self, t: float) -> None:
         """Accompany mode: play along from the next beat, one beat generated ahead at a time."""
