@@ -357,3 +357,13 @@ def test_thru_passes_a_note_off_it_never_saw_the_note_on_of(clock) -> None:
     sched.schedule(0.0, mido.Message("note_off", note=62))  # our own stray note-off is still dropped
     sched.run_due(now=1.0)
     assert len(out.messages) == 1
+
+
+def test_thru_adds_nothing_to_the_players_stream(clock) -> None:
+    out = FakeOutput(clock)
+    sched = Scheduler(out.send, clock)
+    for _ in range(3):
+        sched.send_now(mido.Message("note_on", note=127, velocity=127))
+    assert [m.type for m in out.messages] == ["note_on"] * 3
+    sched.panic()
+    assert ("note_off", 127) in [(m.type, getattr(m, "note", None)) for m in out.messages], "still closed at panic"

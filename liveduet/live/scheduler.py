@@ -292,7 +292,10 @@ class Scheduler:
             key = (msg.channel, msg.note)
             out = 0
             owner = self._open.pop(key, None)
-            if owner is not None:
+            # The player striking a key they hold (or a tester's repeated probe) goes through as
+            # played: thru adds nothing to the player's stream. Across senders, a retrigger
+            # note-off keeps every note-on paired with one note-off.
+            if owner is not None and not (owner == THRU_TAG and tag == THRU_TAG):
                 self.retriggers += 1
                 off = mido.Message("note_off", channel=msg.channel, note=msg.note, velocity=0)
                 self._emit(off, due, report=owner != THRU_TAG)
