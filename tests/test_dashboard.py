@@ -341,3 +341,34 @@ def test_keys_from_a_terminal_and_the_terminal_restored(monkeypatch: pytest.Monk
     finally:
         tty_in.close()
         os.close(master)
+
+
+def test_harmony_off_the_daemons_interpreter_never_waits() -> None:
+    from concurrent.futures import Future
+
+    from liveduet.ui.dashboard import HarmonyCache
+
+    class Deferred:
+        """An executor whose work finishes only when the test says so."""
+
+        def __init__(self) -> None:
+            self.jobs: list[tuple[Future, tuple]] = []
+
+        def submit(self, fn, *args):
+            future: Future = Future()
+            self.jobs.append((future, (fn, args)))
+            return future
+
+        def finish(self) -> None:
+            for future, (fn, args) in self.jobs:
+                if not future.done():
+                    future.set_result(fn(*args))
+
+    ex = Deferred()
+    cache = HarmonyCache(key_every_s=0.0, executor=ex)
+    tokens = ("C4", "d1", "E4", "d1", "G4", "d1")
+    first = cache.names(tokens, ("C4+E4+G4", "d1"))
+    assert first.key == "—" and len(ex.jobs) == 1, "asked, not waited for"
+    ex.finish()
+    later = cache.names(tokens, ("C4+E4+G4", "d1"))
+    assert later.key == "C major" and "triad" in later.chord

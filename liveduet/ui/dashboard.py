@@ -148,22 +148,55 @@ class Harmony:
     chord: str
 
 
-class HarmonyCache:
-    """Key and chord names for the dashboard thread: cached by input; the key (the costly part)
-    is re-analysed at most every `key_every_s` while a phrase grows, the chord on every change."""
+def harmony_names(key_tokens: tuple[str, ...], chord_tokens: tuple[str, ...]) -> tuple[str, str]:
+    """(key, chord) names by music21: what the harmony worker process computes."""
+    return key_name(key_tokens), chord_name(current_pitches(parse_token_names(chord_tokens)))
 
-    def __init__(self, key_every_s: float = KEY_EVERY_S, clock: Callable[[], float] = time.monotonic) -> None:
+
+class HarmonyCache:
+    """Key and chord names for the dashboard: cached by input; the key (the costly part) is
+    re-analysed at most every `key_every_s` while a phrase grows, the chord on every change.
+
+    With an `executor` (the live dashboard: one worker *process*) music21 runs there and `names`
+    never waits: it returns the latest finished answer. music21 is pure Python: ~30 ms of it in a
+    thread of the daemon held the GIL long enough to make scheduled notes 80 ms late.
+    """
+
+    def __init__(self, key_every_s: float = KEY_EVERY_S, clock: Callable[[], float] = time.monotonic,
+                 executor: Any = None) -> None:
         self.key_every_s = key_every_s
         self.clock = clock
+        self.executor = executor
         self._key_input: tuple[str, ...] | None = None
+        self._chord_input: tuple[str, ...] | None = None
         self._key = "—"
+        self._chord = "—"
         self._key_at = -math.inf
+        self._pending: Any = None
 
     def names(self, key_tokens: tuple[str, ...], chord_tokens: tuple[str, ...]) -> Harmony:
         now = self.clock()
-        if key_tokens != self._key_input and now - self._key_at >= self.key_every_s:
-            self._key_input, self._key, self._key_at = key_tokens, key_name(key_tokens), now
-        return Harmony(self._key, chord_name(current_pitches(parse_token_names(chord_tokens))))
+        key_due = key_tokens != self._key_input and now - self._key_at >= self.key_every_s
+        if self.executor is None:
+            if key_due:
+                self._key_input, self._key, self._key_at = key_tokens, key_name(key_tokens), now
+            return Harmony(self._key, chord_name(current_pitches(parse_token_names(chord_tokens))))
+        if self._pending is not None and self._pending.done():
+            try:
+                self._key, self._chord = self._pending.result()
+            except Exception:  # a dead worker: keep the last names rather than break the view
+                pass
+            self._pending = None
+        if self._pending is None and (key_due or chord_tokens != self._chord_input):
+            ask_key = key_tokens if key_due else self._key_input or ()
+            self._key_input, self._chord_input = ask_key, chord_tokens
+            if key_due:
+                self._key_at = now
+            try:
+                self._pending = self.executor.submit(harmony_names, ask_key, chord_tokens)
+            except RuntimeError:  # shut down
+                pass
+        return Harmony(self._key, self._chord)
 
 
 def harmony_inputs(snapshot: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -539,13 +572,20 @@ class Dashboard:
         if fd is not None:
             self._key_thread = threading.Thread(target=self._read_keys, args=(fd,), name="liveduet-keys", daemon=True)
             self._key_thread.start()
-        # music21 takes ~0.7 s of busy interpreter to import: now, while the player has barely begun,
-        # rather than in the middle of the first phrase when the first key name is wanted.
-        threading.Thread(target=_import_music21, name="liveduet-music21", daemon=True).start()
+        # music21 runs in a worker process (see HarmonyCache); it imports music21 there right away,
+        # while the player has barely begun.
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        self._executor = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=_import_music21)
+        self.harmony.executor = self._executor
 
     def stop(self) -> None:
         """Stop the view and the key thread; the terminal is as it was, the log printed below."""
         self._quit.set()
+        executor = getattr(self, "_executor", None)
+        if executor is not None:  # later frames keep the last names: submit() now raises, is caught
+            executor.shutdown(wait=False, cancel_futures=True)
         try:
             if self._key_thread is not None:
                 self._key_thread.join(1.0)
