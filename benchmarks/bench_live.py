@@ -30,6 +30,7 @@ import mido
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 import jack_util  # noqa: E402
+from jack_util import corpus_phrase  # noqa: E402
 
 JACK = "mido.backends.rtmidi/UNIX_JACK"
 PERIOD_MS = 128 / 48000 * 1000
@@ -122,21 +123,6 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-def phrase(bpm: float = 120.0) -> list[tuple[float, mido.Message]]:
-    """Four beats of a Bach chorale's soprano and bass."""
-    from music21 import corpus
-
-    score = corpus.parse("bach/bwv66.6").stripTies()
-    events = []
-    for part in (score.parts[0], score.parts[-1]):
-        for n in part.flatten().notes:
-            if n.offset < 4:
-                on, off = float(n.offset), min(float(n.offset + n.quarterLength), 4.0)
-                events.append((on * 60 / bpm, mido.Message("note_on", note=n.pitch.midi, velocity=80)))
-                events.append((off * 60 / bpm - 0.03, mido.Message("note_off", note=n.pitch.midi)))
-    return sorted(events, key=lambda e: (e[0], e[1].type == "note_on"))
-
-
 def play(port, events) -> None:
     t0 = time.monotonic()
     for t, msg in events:
@@ -197,7 +183,7 @@ def main() -> None:
         keyboard = backend.open_output("bench-keyboard", virtual=True)
         jack_util.jack_connect(port_ending(":bench-keyboard"), into)
         runs = []
-        call = phrase()
+        call = corpus_phrase()
         for _ in range(args.rounds):
             play(keyboard, call)
             time.sleep(1.2)  # 1.5 beats of silence end the call; the 12-beat (6 s) answer starts

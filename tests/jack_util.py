@@ -93,3 +93,20 @@ def jack_ports() -> list[str]:
     """Every JACK port name (audio and MIDI), as `jack_lsp` lists them."""
     done = subprocess.run(["jack_lsp"], env=_env(), capture_output=True, text=True)
     return done.stdout.splitlines() if done.returncode == 0 else []
+
+
+def corpus_phrase(bpm: float = 120.0) -> list:
+    """Four beats of a Bach chorale (soprano and bass, from music21's corpus) as (seconds, message),
+    note-offs 30 ms early so a repeated note re-strikes: the call the real-port tests and benchmarks play."""
+    import mido
+    from music21 import corpus
+
+    score = corpus.parse("bach/bwv66.6").stripTies()
+    events = []
+    for part in (score.parts[0], score.parts[-1]):
+        for n in part.flatten().notes:
+            if n.offset < 4:
+                on, off = float(n.offset), min(float(n.offset + n.quarterLength), 4.0)
+                events.append((on * 60 / bpm, mido.Message("note_on", note=n.pitch.midi, velocity=80)))
+                events.append((off * 60 / bpm - 0.03, mido.Message("note_off", note=n.pitch.midi)))
+    return sorted(events, key=lambda e: (e[0], e[1].type == "note_on"))

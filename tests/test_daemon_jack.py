@@ -14,6 +14,7 @@ from pathlib import Path
 
 import mido
 import pytest
+from jack_util import corpus_phrase
 
 from liveduet.live.recorder import journal_path
 
@@ -22,22 +23,6 @@ MODEL = Path(os.environ.get("LIVEDUET_MODEL") or ROOT / "models" / "default")
 JACK = "mido.backends.rtmidi/UNIX_JACK"
 
 pytestmark = pytest.mark.skipif(not (MODEL / "card.json").exists(), reason=f"no model at {MODEL}")
-
-
-def phrase(bpm: float = 120.0) -> list[tuple[float, mido.Message]]:
-    """The opening of a Bach chorale (soprano and bass, from music21's corpus), as timed messages."""
-    from music21 import corpus
-
-    score = corpus.parse("bach/bwv66.6").stripTies()
-    events = []
-    for part in (score.parts[0], score.parts[-1]):
-        for n in part.flatten().notes:
-            if n.offset < 4:
-                on = float(n.offset) * 60 / bpm
-                off = min(float(n.offset + n.quarterLength), 4.0) * 60 / bpm - 0.03
-                events.append((on, mido.Message("note_on", note=n.pitch.midi, velocity=80)))
-                events.append((off, mido.Message("note_off", note=n.pitch.midi)))
-    return sorted(events, key=lambda e: (e[0], e[1].type == "note_on"))
 
 
 class Synth:
@@ -117,7 +102,7 @@ def test_duet_answers_on_the_synth_and_records_exactly(ports, tmp_path):
     keyboard, synth, kb_name, synth_name = ports
     proc = start_daemon(tmp_path, kb_name, synth_name)
     try:
-        events = phrase()
+        events = corpus_phrase()
         play(keyboard, events, time.monotonic() + 0.3)
         deadline = time.monotonic() + 15
         stats_file = tmp_path / "stats.jsonl"  # one line per answer, written when it is done
@@ -156,7 +141,7 @@ def test_sigterm_mid_answer_leaves_no_stuck_notes(ports, tmp_path):
     keyboard, synth, kb_name, synth_name = ports
     proc = start_daemon(tmp_path, kb_name, synth_name, "--config", str(write_long_answer(tmp_path)))
     try:
-        play(keyboard, phrase(), time.monotonic() + 0.3)
+        play(keyboard, corpus_phrase(), time.monotonic() + 0.3)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not any(m.type == "note_on" for m in synth.messages(1)):
             time.sleep(0.02)
@@ -176,7 +161,7 @@ def test_sigterm_mid_answer_leaves_no_stuck_notes(ports, tmp_path):
 def test_kill_9_then_recover_gives_a_readable_file(ports, tmp_path):
     keyboard, synth, kb_name, synth_name = ports
     proc = start_daemon(tmp_path, kb_name, synth_name)
-    play(keyboard, phrase(), time.monotonic() + 0.3)
+    play(keyboard, corpus_phrase(), time.monotonic() + 0.3)
     time.sleep(1.5)  # the journal is flushed at least every second
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
@@ -188,7 +173,7 @@ def test_kill_9_then_recover_gives_a_readable_file(ports, tmp_path):
     assert done.returncode == 0, done.stderr
     mid = mido.MidiFile(out)
     player = next(t for t in mid.tracks if t.name == "Player")
-    assert sum(m.type == "note_on" for m in player) == sum(m.type == "note_on" for _, m in phrase())
+    assert sum(m.type == "note_on" for m in player) == sum(m.type == "note_on" for _, m in corpus_phrase())
 
 
 def write_long_answer(tmp: Path) -> Path:
