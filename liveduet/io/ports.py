@@ -6,8 +6,10 @@ Everything that can be decided without hardware lives in `portnames.py`. Backend
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -44,6 +46,28 @@ def get_backend(name: str | None = None) -> mido.Backend:
         return mido.Backend(module, load=True)
     except (ImportError, ValueError) as err:
         raise MidiBackendError(f"cannot load MIDI backend {module!r}: {err}") from err
+
+
+@contextlib.contextmanager
+def quiet_c_stderr():
+    """Silence what libasound and libjack print on fd 2 while we probe them ("ALSA lib seq_hw.c...",
+    "Cannot connect to server socket"): our own one-line error says it better. Only around
+    opening and listing, never while playing."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            sys.stderr.flush()
+            os.dup2(null.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def backend_label(backend: mido.Backend) -> str:
@@ -102,7 +126,8 @@ class PortLister:
 def port_names(backend: mido.Backend, kind: str) -> list[str]:
     """Names of the ports of one `kind` ("input" or "output")."""
     try:
-        names = backend.get_input_names() if kind == "input" else backend.get_output_names()
+        with quiet_c_stderr():
+            names = backend.get_input_names() if kind == "input" else backend.get_output_names()
     except (OSError, ValueError) as err:  # rtmidi.SystemError is an OSError; ValueError: bad API name
         raise _backend_error(backend, err) from err
     return list(names)
@@ -135,7 +160,8 @@ def open_output(backend: mido.Backend, query: str, virtual: bool = False) -> Any
 def _open(backend: mido.Backend, kind: str, name: str, virtual: bool, **kwargs: Any) -> Any:
     opener = backend.open_input if kind == "input" else backend.open_output
     try:
-        return opener(name, virtual=virtual, **kwargs)
+        with quiet_c_stderr():
+            return opener(name, virtual=virtual, **kwargs)
     except OSError as err:
         if not virtual and "unknown port" in str(err):
             # Listed a moment ago, gone now (unplugged between listing and opening).
