@@ -180,3 +180,38 @@ def write_long_answer(tmp: Path) -> Path:
     cfg = tmp / "long.toml"
     cfg.write_text("[answer]\nmin_beats = 16.0\nmax_beats = 16.0\n")
     return cfg
+
+
+def test_unplugged_keyboard_and_synth_reconnect(jack_server, tmp_path):
+    backend = mido.Backend(JACK)
+    name = f"hp{os.getpid()}"
+    keyboard = backend.open_output(f"{name}-Keyboard", virtual=True)
+    synth = Synth(backend, f"{name}-Synth")
+    proc = start_daemon(tmp_path, f"{name}-Keyboard", f"{name}-Synth")
+    try:
+        keyboard.close()
+        synth.port.close()  # both devices unplugged
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "".join(proc.log).count("port lost") < 2:
+            time.sleep(0.1)
+        assert proc.poll() is None, "still running"
+        keyboard = backend.open_output(f"{name}-Keyboard", virtual=True)
+        synth = Synth(backend, f"{name}-Synth")  # plugged back in
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "".join(proc.log).count("port back") < 2:
+            time.sleep(0.1)
+        time.sleep(0.3)
+        play(keyboard, corpus_phrase(), time.monotonic() + 0.2)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(m.type == "note_on" for m in synth.messages(1)):
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, "".join(proc.log)
+        keyboard.close()
+        synth.port.close()
+    log = "".join(proc.log)
+    assert "input port lost" in log and "output port lost" in log, log
+    assert "input port back" in log and "output port back" in log, log
+    assert any(m.type == "note_on" for m in synth.messages(0)), "thru works again after replugging"
+    assert any(m.type == "note_on" for m in synth.messages(1)), "and the answer arrives at the new synth port"

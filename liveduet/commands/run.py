@@ -119,12 +119,14 @@ def run(args: argparse.Namespace) -> int:
         session.set_output(out_port)
         session.start()
         in_port = player = None
+        held: dict = {}  # the open input port, swapped by the hot-plug watcher
         if file_input:
             player = FilePlayer(player_events, session.listener.callback, clock, name=args.inp)
         else:
             in_port = ports.open_input(backend, args.inp, session.listener.callback, virtual=args.virtual)
             session.input_name = in_port.name
-        watchers = _watch(backend, args, session, say) if backend is not None and not args.virtual else []
+            held["input"] = in_port
+        watchers = _watch(backend, args, session, say, held) if backend is not None and not args.virtual else []
         say(f"listening on {session.input_name}, answering on {session.output_name}"
             + (f", recording to {args.record}" if args.record else ""))
         if player is not None:
@@ -136,8 +138,8 @@ def run(args: argparse.Namespace) -> int:
             watcher.stop()
         if locals().get("player") is not None:
             player.stop()
-        if locals().get("in_port") is not None:
-            in_port.close()
+        if locals().get("held") and held.get("input") is not None:
+            held["input"].close()
         if "session" in locals():
             session.stop()
             port = session.take_output()
@@ -212,7 +214,7 @@ def _wait(args: argparse.Namespace, session, player, say) -> int:
     return 0
 
 
-def _watch(backend, args, session, say) -> list:
+def _watch(backend, args, session, say, held: dict) -> list:
     """Hot-plug: one poller per direction (a device often has an input and an output of one name)."""
     from liveduet.io import ports
 
@@ -224,11 +226,20 @@ def _watch(backend, args, session, say) -> list:
     def back(kind: str, name: str) -> None:
         try:
             if kind == "output":
-                old = session.take_output()
+                old = session.take_output()  # nothing sends on it once detached
                 if old is not None:
                     old.close()
                 session.set_output(ports.open_output(backend, name), name)
-            # An open input port receives again once its device is back: nothing to reopen.
+            elif not held:
+                return  # a file plays the player: nothing to reconnect
+            else:
+                # The connection died with the device (JACK and ALSA alike): open anew, then close
+                # the old port; the listener is the same, so nothing downstream notices.
+                new = ports.open_input(backend, name, session.listener.callback)
+                old, held["input"] = held.get("input"), new
+                session.input_name = new.name
+                if old is not None:
+                    old.close()
             setattr(session, f"{kind}_ok", True)
             say(f"{kind} port back: {name}")
         except LiveduetError as err:
