@@ -15,11 +15,9 @@ Journal lines::
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import logging
 import os
-import secrets
 import threading
 from collections import Counter
 from collections.abc import Iterable
@@ -31,6 +29,7 @@ import mido
 from liveduet.errors import LiveduetError
 from liveduet.live.clock import Clock, MonotonicClock
 from liveduet.live.listener import clean
+from liveduet.music.midifile import save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -289,39 +288,11 @@ def build_midi(events: Iterable[Event], tempo_bpm: float, end_time: float | None
 
 
 def write_midi_atomic(mid: mido.MidiFile, path: str | os.PathLike[str], force: bool = False) -> Path:
-    """Write `mid` so that `path` is either the old file or the complete new one, never half of it."""
+    """`save_atomic`, refusing an existing recording with the recorder's own error."""
     path = Path(path)
     if path.exists() and not force:
         raise RecordingExistsError(f"{path} exists; choose another name or use --force")
-    buf = io.BytesIO()
-    mid.save(file=buf)  # mido's save(filename) truncates the target first: build in memory instead
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not every filesystem allows opening a directory.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return save_atomic(mid, path, force=True)
 
 
 @dataclass(frozen=True)

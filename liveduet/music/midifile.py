@@ -253,12 +253,13 @@ def notes_to_midi(
 
 
 def save_atomic(mid: mido.MidiFile, path: str | Path, force: bool = False) -> Path:
-    """Write a MIDI file via a temp file, fsync and rename: a crash never leaves half a file."""
+    """Write a MIDI file so that `path` is either the old file or the complete new one, never half
+    of it: a temp file beside it, fsync, rename, fsync of the folder (makes the rename durable)."""
     path = Path(path)
     if path.exists() and not force:
         raise MidiFileError(f"{path} exists (use --force to overwrite)")
     buf = io.BytesIO()
-    mid.save(file=buf)
+    mid.save(file=buf)  # mido's save(filename) truncates the target first: build in memory instead
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -270,4 +271,19 @@ def save_atomic(mid: mido.MidiFile, path: str | Path, force: bool = False) -> Pa
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Not every filesystem allows opening a directory.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
