@@ -10,7 +10,6 @@ import contextlib
 import logging
 import os
 import sys
-import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,6 +17,7 @@ import mido
 
 from liveduet.errors import MidiBackendError, PortNotFoundError
 from liveduet.io.portnames import match_port
+from liveduet.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -169,12 +169,14 @@ def _open(backend: mido.Backend, kind: str, name: str, virtual: bool, **kwargs: 
         raise _backend_error(backend, err) from err
 
 
-class PortWatcher:
+class PortWatcher(Worker):
     """Background poller that notices ports vanishing and coming back (rtmidi raises nothing on unplug).
 
     Watches queries, not exact names: an ALSA device gets a new client number when replugged, so
     `on_back` receives the name the query matches now. Listing ports is slow on JACK, hence a thread.
     """
+
+    thread_name = "liveduet-portwatch"
 
     def __init__(
         self,
@@ -193,8 +195,7 @@ class PortWatcher:
         # query -> name it matched last time, or None while lost. Assume present at start: the
         # session opened the ports just before starting the watcher.
         self._state: dict[str, str | None] = {q: q for q in queries}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        Worker.__init__(self)
 
     def poll_once(self, names: list[str] | None = None) -> list[tuple[str, str]]:
         """Compare the current port list with the last; fire callbacks; return [(event, name)]."""
@@ -219,12 +220,6 @@ class PortWatcher:
             self._state[query] = now
         return events
 
-    def start(self) -> None:
-        if self._thread is not None:
-            raise RuntimeError("PortWatcher already started")
-        self._thread = threading.Thread(target=self._run, name="liveduet-portwatch", daemon=True)
-        self._thread.start()
-
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             try:
@@ -232,13 +227,4 @@ class PortWatcher:
             except Exception:  # a callback bug must not end hot-plug detection
                 log.exception("port watcher callback failed")
 
-    def stop(self, timeout: float | None = 2.0) -> bool:
-        """Ask the thread to end and wait for it; return True when it has ended."""
-        self._stop.set()
-        return self.join(timeout)
 
-    def join(self, timeout: float | None = None) -> bool:
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()

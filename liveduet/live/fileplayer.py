@@ -11,6 +11,7 @@ import mido
 
 from liveduet.errors import MidiFileError
 from liveduet.live.clock import Clock
+from liveduet.worker import Worker
 
 LEAD_IN_S = 0.5  # a moment to settle before the first note
 
@@ -34,8 +35,10 @@ def load_player_file(path: str | Path) -> list[tuple[float, mido.Message]]:
     return events
 
 
-class FilePlayer:
+class FilePlayer(Worker):
     """Plays the events into `callback` at their times from `start()`; `done` is set at the end."""
+
+    thread_name = "liveduet-fileplayer"
 
     def __init__(self, events: list[tuple[float, mido.Message]], callback: Callable[[mido.Message], None],
                  clock: Clock, name: str = "file") -> None:
@@ -44,13 +47,8 @@ class FilePlayer:
         self.clock = clock
         self.name = name
         self.done = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        Worker.__init__(self)
         self.duration = events[-1][0] if events else 0.0
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="liveduet-fileplayer", daemon=True)
-        self._thread.start()
 
     def _run(self) -> None:
         t0 = self.clock.now() + LEAD_IN_S
@@ -65,16 +63,6 @@ class FilePlayer:
                 break
             self.callback(msg)
         self.done.set()
-
-    def stop(self, timeout: float | None = 2.0) -> bool:
-        self._stop.set()
-        return self.join(timeout)
-
-    def join(self, timeout: float | None = None) -> bool:
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
 
     def close(self) -> None:
         self.stop()

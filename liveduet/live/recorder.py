@@ -30,6 +30,7 @@ from liveduet.errors import LiveduetError
 from liveduet.live.clock import Clock, MonotonicClock
 from liveduet.live.listener import clean
 from liveduet.music.midifile import save_atomic
+from liveduet.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,14 @@ def journal_path(path: str | os.PathLike[str]) -> Path:
     return Path(str(path) + JOURNAL_SUFFIX)
 
 
-class Recorder:
+class Recorder(Worker):
     """Records `(time, track, message)` for one session; see the module docstring.
 
     `record` is cheap (an append under a lock) and safe from any thread; the journal is written by
     the flush thread (`start`) or by `flush()`. Hygiene messages are dropped.
     """
+
+    thread_name = "liveduet-recorder"
 
     def __init__(
         self,
@@ -96,8 +99,7 @@ class Recorder:
         self._appended = 0  # lines handed to the journal so far
         self._written = 0  # lines on disk (fsync'd)
         self._last_t = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        Worker.__init__(self)
         self._finished = False
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -177,13 +179,6 @@ class Recorder:
         with self._flushed:
             return self._flushed.wait_for(lambda: self._written >= target, timeout)
 
-    def start(self) -> None:
-        """Start the flush thread: the journal on disk is never more than `flush_interval` behind."""
-        if self._thread is not None:
-            raise RuntimeError("Recorder already started")
-        self._thread = threading.Thread(target=self._run, name="liveduet-recorder", daemon=True)
-        self._thread.start()
-
     def _run(self) -> None:
         while not self._stop.wait(self.flush_interval):
             try:
@@ -202,11 +197,6 @@ class Recorder:
         self.flush()
         return ended
 
-    def join(self, timeout: float | None = None) -> bool:
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
 
     # ---- the file ------------------------------------------------------------------------------
 
