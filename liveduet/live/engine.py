@@ -27,7 +27,7 @@ from liveduet.live.clock import Clock
 from liveduet.live.listener import CLOCK_TYPES
 from liveduet.live.midiclock import MidiClockFollower
 from liveduet.live.phrase import Action, Input, State, transition
-from liveduet.live.scheduler import Scheduler
+from liveduet.live.scheduler import Scheduler, percentile
 from liveduet.live.settings import LiveSettings
 from liveduet.live.tempo import estimate_bpm
 from liveduet.music.theory import best_major, major_scale, scale_name
@@ -304,11 +304,7 @@ class Engine:
             call.velocities.append(msg.velocity)
             if not call.onsets or t - call.onsets[-1] > self.vocab.settings.chord_window:
                 call.onsets.append(t)
-            self._feed(self.tokenizer.note_on(beat, msg.note))
-        elif msg.type == "note_off":
-            self._feed(self.tokenizer.note_off(beat, msg.note))
-        elif msg.type == "control_change" and msg.control == SUSTAIN:
-            self._feed(self.tokenizer.pedal(beat, msg.value >= 64))
+        self._feed(tokenize_message(self.tokenizer, beat, msg))
 
     def _feed(self, events: list[Event]) -> None:
         if not events or self.call is None:
@@ -336,7 +332,7 @@ class Engine:
         # Start on the first beat far enough ahead that sampling the first event cannot make it
         # late, even on a loaded machine: margin + a few recent worst-case model steps.
         recent = sorted(list(self.step_ms)[-200:])
-        margin = self.s.answer.start_margin_s + min(0.5, 4e-3 * (_pct(recent, 99) or 0.0))
+        margin = self.s.answer.start_margin_s + min(0.5, 4e-3 * (summary_pct(recent, 99) or 0.0))
         now = self.clock.now() if self.clock is not None else now  # the estimate took time too
         anchor = self.grid_t0 if self.grid_t0 is not None else call.t0
         k = math.ceil((now + margin - anchor) / period)
@@ -363,13 +359,7 @@ class Engine:
         events: list[Event] = []
         scale = bpm / 60.0
         for t, msg in call.messages:
-            beat = (t - call.t0) * scale
-            if msg.type == "note_on":
-                events += tok.note_on(beat, msg.note)
-            elif msg.type == "note_off":
-                events += tok.note_off(beat, msg.note)
-            elif msg.type == "control_change":
-                events += tok.pedal(beat, msg.value >= 64)
+            events += tokenize_message(tok, (t - call.t0) * scale, msg)
         events += tok.flush((end - call.t0) * scale)
         call.tokens = []
         call.bpm = bpm
@@ -514,10 +504,10 @@ class Engine:
                 "start_after_phrase_end_ms": round((a.start - a.phrase_end) * 1e3, 1),
                 "tokens": len(a.tokens),
                 "call_tokens": len(self.call.tokens) if self.call else 0,
-                "step_ms_p50": _pct(steps, 50),
-                "step_ms_p99": _pct(steps, 99),
-                "late_ms_p50": _pct(late, 50, 1e3),
-                "late_ms_p99": _pct(late, 99, 1e3),
+                "step_ms_p50": summary_pct(steps, 50),
+                "step_ms_p99": summary_pct(steps, 99),
+                "late_ms_p50": summary_pct(late, 50, 1e3),
+                "late_ms_p99": summary_pct(late, 99, 1e3),
                 "late_ms_max": round(late[-1] * 1e3, 3) if late else None,
                 "messages": len(late),
             })
@@ -564,15 +554,27 @@ class Engine:
             call_tokens=tuple(names[t] for t in (self.call.tokens if self.call else [])[-48:]),
             answer_tokens=tuple(names[t] for t in (a.tokens if a else self.last_answer_tokens)[-48:]),
             calls=self.calls, answers=self.answers, player_notes=self.player_notes,
-            answer_notes=self.answer_notes, step_p50_ms=_pct(steps, 50) or 0.0,
-            step_p99_ms=_pct(steps, 99) or 0.0, warnings=tuple(self.warnings), mode=self.mode, lock=self.lock,
+            answer_notes=self.answer_notes, step_p50_ms=summary_pct(steps, 50) or 0.0,
+            step_p99_ms=summary_pct(steps, 99) or 0.0, warnings=tuple(self.warnings), mode=self.mode, lock=self.lock,
             clock_source=("midi clock" if self.midi_clock is not None and self.midi_clock.running
                           else "metronome" if self.s.practice.metronome else "fixed" if self.grid_fixed
                           else "estimated"),
         )
 
 
-def _pct(sorted_xs: list[float], q: float, scale: float = 1.0) -> float | None:
+def tokenize_message(tok: StreamTokenizer, beat: float, msg: mido.Message) -> list[Event]:
+    """One player message into the streaming tokenizer; the events it completes."""
+    if msg.type == "note_on":
+        return tok.note_on(beat, msg.note)
+    if msg.type == "note_off":
+        return tok.note_off(beat, msg.note)
+    if msg.type == "control_change" and msg.control == SUSTAIN:
+        return tok.pedal(beat, msg.value >= 64)
+    return []
+
+
+def summary_pct(sorted_xs: list[float], q: float, scale: float = 1.0) -> float | None:
+    """A rounded percentile of an ascending list (the scheduler's `percentile`), None when empty."""
     if not sorted_xs:
         return None
-    return round(sorted_xs[min(len(sorted_xs) - 1, int(len(sorted_xs) * q / 100))] * scale, 4)
+    return round(percentile(sorted_xs, q) * scale, 4)

@@ -192,8 +192,7 @@ class Recorder(Worker):
 
     def stop(self, timeout: float | None = 2.0) -> bool:
         """End the flush thread and flush what is left; True when the thread has ended."""
-        self._stop.set()
-        ended = self.join(timeout)
+        ended = super().stop(timeout)
         self.flush()
         return ended
 

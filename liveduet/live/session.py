@@ -26,7 +26,7 @@ from typing import Any
 import mido
 
 from liveduet.live.clock import Clock, MonotonicClock
-from liveduet.live.engine import Engine, EngineSnapshot, _pct
+from liveduet.live.engine import Engine, EngineSnapshot, summary_pct
 from liveduet.live.listener import Listener, clean
 from liveduet.live.phrase import State
 from liveduet.live.recorder import Recorder
@@ -90,6 +90,7 @@ class Session:
         self._threads: list[threading.Thread] = []
         self._started_at = self.clock.now()
         self._snapshot: SessionSnapshot | None = None
+        self._late_sent, self._late_p99 = -1, 0.0
         self.answers_done = threading.Event()
 
     # ---- ports ------------------------------------------------------------------------------------
@@ -234,7 +235,7 @@ class Session:
             "duration_s": round(self.clock.now() - self._started_at, 1),
             "calls": e.calls, "answers": e.answers,
             "notes_heard": e.player_notes, "notes_played": e.answer_notes,
-            "model_step_ms_p50": _pct(steps, 50), "model_step_ms_p99": _pct(steps, 99),
+            "model_step_ms_p50": summary_pct(steps, 50), "model_step_ms_p99": summary_pct(steps, 99),
             "answer_late_ms_p99": round(late.p99 * 1e3, 3), "answer_late_ms_max": round(late.max * 1e3, 3),
             "events_dropped": self.listener.dropped,
         }
@@ -251,9 +252,16 @@ class Session:
             engine=self.engine.snapshot(now), input_name=self.input_name, output_name=self.output_name,
             input_ok=self.input_ok, output_ok=self.output_ok,
             recording=str(rec.path) if rec else None, recorded_s=(now - rec.t0) if rec else 0.0,
-            late_p99_ms=self.scheduler.lateness_stats().p99 * 1e3, dropped=self.listener.dropped,
+            late_p99_ms=self._late_p99_ms(), dropped=self.listener.dropped,
             elapsed_s=now - self._started_at,
         )
+
+    def _late_p99_ms(self) -> float:
+        # Full lateness stats sort and average up to 10,000 samples: only when something was sent.
+        sent = self.scheduler.sent
+        if sent != self._late_sent:
+            self._late_sent, self._late_p99 = sent, self.scheduler.lateness_stats().p99 * 1e3
+        return self._late_p99
 
     def snapshot(self) -> SessionSnapshot | None:
         """The latest immutable view (published by the engine thread ~10 times a second)."""
