@@ -54,7 +54,10 @@ def run(args: argparse.Namespace) -> int:
     bpm = args.bpm
     primer_events = []
     if args.primer is not None:
-        midi = read_midi(args.primer)
+        try:
+            midi = read_midi(args.primer)
+        except MidiFileError as err:  # the reader's reasons name no file: say which one
+            raise MidiFileError(f"primer {args.primer}: {err}") from err
         primer_events = tokenize_notes(midi.notes, runtime.vocab.settings, midi.pedal)
         if not primer_events:
             raise MidiFileError(f"{args.primer} has no notes to continue")

@@ -29,7 +29,7 @@ def load_player_file(path: str | Path) -> list[tuple[float, mido.Message]]:
     except FileNotFoundError as err:
         raise MidiFileError(f"no MIDI file at {path}") from err
     except (OSError, EOFError, ValueError, KeyError, IndexError) as err:
-        raise MidiFileError(f"{path}: cannot read MIDI file ({err})") from err
+        raise MidiFileError(f"{path}: cannot read MIDI file ({str(err) or type(err).__name__})") from err
     if not any(m.type == "note_on" and m.velocity > 0 for _, m in events):
         raise MidiFileError(f"{path}: the file has no notes to play")
     return events

@@ -75,7 +75,7 @@ def read_notes(path: str | os.PathLike[str]) -> list[Note]:
     except FileNotFoundError as err:
         raise LiveduetError(f"{path} not found") from err
     except (OSError, EOFError, ValueError, KeyError, IndexError) as err:
-        raise MidiFileError(f"{path}: not a readable MIDI file ({err})") from err
+        raise MidiFileError(f"{path}: not a readable MIDI file ({str(err) or type(err).__name__})") from err
     if mid.type == 2 or mid.ticks_per_beat <= 0:
         raise MidiFileError(f"{path}: unsupported MIDI timing (type {mid.type}, division {mid.ticks_per_beat})")
     ticks, secs, tempos = _tempo_map(mid)
