@@ -11,6 +11,7 @@ import mido
 
 from liveduet.errors import MidiFileError
 from liveduet.live.clock import Clock
+from liveduet.music.midifile import read_midi
 from liveduet.worker import Worker
 
 LEAD_IN_S = 0.5  # a moment to settle before the first note
@@ -18,6 +19,12 @@ LEAD_IN_S = 0.5  # a moment to settle before the first note
 
 def load_player_file(path: str | Path) -> list[tuple[float, mido.Message]]:
     """(seconds from start, channel message) for every channel message, tempo map applied."""
+    try:
+        # The capped reader first: it refuses in milliseconds what mido would chew on for a minute
+        # (a 400 KB variable-length number) and says why in words.
+        read_midi(path)
+    except MidiFileError as err:
+        raise MidiFileError(f"{path}: {err}") from err
     try:
         mid = mido.MidiFile(path)
         events = []
