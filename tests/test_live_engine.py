@@ -30,6 +30,10 @@ class ScriptedSampler:
     def feed(self, token: int) -> None:
         self.fed.append(token)
 
+    def reset(self) -> None:
+        self.resets = getattr(self, "resets", 0) + 1
+        self.fed.append(1)  # <bos>, as the real sampler feeds
+
     def sample_event(self):
         ev = self.events[self.i % len(self.events)]
         self.i += 1
@@ -53,7 +57,8 @@ def rig():
     vocab = Vocabulary(TokenizerSettings(), [(60, 64, 67)])
     sampler = ScriptedSampler()
     stats: list[dict] = []
-    settings = LiveSettings().with_overrides(tempo={"bpm": 120.0})
+    # One model state through the session, as wave 1: these tests follow the tokens fed.
+    settings = LiveSettings().with_overrides(tempo={"bpm": 120.0}, answer={"memory": "session"})
     engine = Engine(settings, vocab, sampler, sched, on_answer=stats.append, seed=1)
     sched._on_sent = engine.on_sent
     return clock, out, sched, engine, sampler, stats
@@ -140,7 +145,7 @@ def test_answer_on_the_beat_grid_every_note_closed(rig):
 def test_answer_is_generated_ahead_not_all_at_once(rig):
     clock, out, sched, engine, sampler, _ = rig
     settings = LiveSettings().with_overrides(tempo={"bpm": 120.0}, answer={"max_beats": 16.0, "length_ratio": 4.0})
-    engine.s = settings
+    engine.s, engine.length_ratio = settings, 4.0
     play(engine, clock, sched, [(i, 1, 60 + i) for i in range(4)])
     run_until(engine, clock, sched, clock.now() + 0.76)
     assert engine.state is State.ANSWERING
@@ -193,7 +198,8 @@ def test_retempo_reprimes_the_model():
     sched = Scheduler(out.send, clock)
     vocab = Vocabulary(TokenizerSettings())
     sampler = ScriptedSampler()
-    engine = Engine(LiveSettings(), vocab, sampler, sched)  # initial 100 bpm, estimating
+    settings = LiveSettings().with_overrides(answer={"memory": "session"})
+    engine = Engine(settings, vocab, sampler, sched)  # initial 100 bpm, estimating
     notes = [(b, 0.5, 60 + i % 5) for i, b in enumerate([0, 1, 1.5, 2, 3, 3.5, 4, 5, 6, 6.5, 7])]
     play(engine, clock, sched, notes, bpm=80.0)
     run_until(engine, clock, sched, clock.now() + 2.0)

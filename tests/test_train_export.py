@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from liveduet import cli
-from liveduet.errors import ModelLoadError
+from liveduet.errors import ConfigError, ModelLoadError
 from liveduet.model.export import export_run
 from liveduet.model.runtime import ModelRuntime, default_model_dir
 from liveduet.model.train import TrainRequest, load_checkpoint, model_from_checkpoint, train
@@ -162,6 +162,12 @@ def test_new_run_refuses_existing_folder_and_resume_refuses_other_config(tiny_da
 def test_bf16_autocast_training_keeps_fp32_weights(tiny_data: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "bf16.toml"
     cfg.write_text(TINY.read_text().replace("patience = 0", "patience = 0\nprecision = \"bf16\""))
+    from liveduet.model.train import cpu_has_bf16
+
+    if not cpu_has_bf16():  # the same request must fail in one line, not in oneDNN
+        with pytest.raises(ConfigError, match="AVX512-BF16 or AMX"):
+            train(TrainRequest(tiny_data, tmp_path / "r", cfg, epochs=1, quiet=True))
+        return
     summary = train(TrainRequest(tiny_data, tmp_path / "r", cfg, epochs=1, quiet=True))
     assert math.isfinite(summary["best_val_nll"])
     assert json.loads((tmp_path / "r" / "run.json").read_text())["precision"] == "bf16 autocast"

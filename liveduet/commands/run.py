@@ -83,9 +83,8 @@ def run(args: argparse.Namespace) -> int:
     from liveduet.live.clock import MonotonicClock
     from liveduet.live.fileplayer import FilePlayer, load_player_file
     from liveduet.live.recorder import Recorder
-    from liveduet.live.session import Session
+    from liveduet.live.session import Session, answer_sampler
     from liveduet.model.runtime import ModelRuntime, default_model_dir
-    from liveduet.model.sampling import Sampler
 
     settings = _settings(args)
     file_input = not args.virtual and args.inp.lower().endswith((".mid", ".midi", ".kar"))
@@ -97,9 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
     say = _logger(args.no_dashboard)
     runtime = ModelRuntime.load(args.model or default_model_dir())
-    a = settings.answer
-    sampler = Sampler(runtime, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=args.seed)
-    sampler.reset()
+    sampler = answer_sampler(runtime, settings.answer, seed=args.seed)
 
     backend = None
     if not file_input or args.out:

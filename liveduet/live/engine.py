@@ -12,6 +12,7 @@ playhead, never all at once, on the player's beat grid (anchored at the call's f
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import statistics
@@ -23,6 +24,7 @@ from typing import Protocol
 
 import mido
 
+from liveduet.live import entry, expression, memory
 from liveduet.live.clock import Clock
 from liveduet.live.listener import CLOCK_TYPES
 from liveduet.live.midiclock import MidiClockFollower
@@ -36,6 +38,7 @@ from liveduet.music.tokens import TICKS, Event, StreamTokenizer, Vocabulary
 SUSTAIN = 64
 RETEMPO = 0.08  # re-tokenize the call when its estimated tempo differs by more than this share
 SEND_GUARD_S = 0.004  # no sampling this close before a scheduled send (see _send_imminent)
+ENTRY_LEAD_S = 0.02  # a likely end is planned this long before the answer's margin runs out
 IDLE_BEATS = 8  # no input at all for this long ends a call even with keys down (lost note-offs)
 
 
@@ -45,6 +48,7 @@ class LiveSampler(Protocol):
     temperature: float
 
     def feed(self, token: int) -> None: ...
+    def reset(self) -> None: ...
     def sample_event(self) -> Event: ...
     def checkpoint(self) -> object: ...
     def restore(self, checkpoint: object) -> None: ...
@@ -60,6 +64,8 @@ class Call:
     velocities: list[int] = field(default_factory=list)
     onsets: list[float] = field(default_factory=list)
     checkpoint: object = None  # the sampler before the call: to re-prime at another tempo
+    resume: tuple | None = None  # everything END_CALL changed, to undo it if the call goes on (ENTERING)
+    release_bpm: tuple[float, float] | None = None  # (silence start, tempo estimated then): entry planning
 
 
 @dataclass
@@ -78,6 +84,11 @@ class Answer:
     lateness: list[float] = field(default_factory=list)
     step_ms: list[float] = field(default_factory=list)
     echo: list[Event] | None = None  # echo mode: the call's events, played back instead of sampled
+    expr: expression.Expression = field(default_factory=expression.Expression)
+
+    def beat_time(self, twelfths: float) -> float:
+        """When a position of the answer sounds: on the grid, swung as the call was."""
+        return self.start + self.expr.warp(twelfths / TICKS) * self.period
 
     @property
     def end(self) -> float:
@@ -143,6 +154,8 @@ class Engine:
         self.tokenizer = StreamTokenizer(vocab.settings)
         self.answer: Answer | None = None
         self.last_answer_tokens: list[int] = []
+        self.last_profile: memory.CallProfile | None = None  # the previous call's key and register
+        self.entry_target: int | None = None  # the beat a likely end was planned on
         self.calls = self.answers = self.player_notes = self.answer_notes = 0
         self.step_ms: deque[float] = deque(maxlen=2000)
         self.warnings: deque[str] = deque(maxlen=5)
@@ -210,6 +223,7 @@ class Engine:
             self.keys.add((msg.channel, msg.note))
             self.silent_since = None
             self.player_notes += 1
+            self._check_started(t)
             self._apply(Input.NOTE_ON, t, msg)
         elif msg.type == "note_off":
             self.keys.discard((msg.channel, msg.note))
@@ -242,6 +256,8 @@ class Engine:
             silence = self.s.phrase.silence_beats * beat
             if self.silent_since is not None and now - self.silent_since >= silence:
                 self._apply(Input.SILENCE, now, None)
+            elif self.silent_since is not None and self._likely_end(now):
+                self._apply(Input.LIKELY_END, now, None)
             elif now - self.last_input >= max(2 * silence, IDLE_BEATS * beat):
                 # Keys "held" with nothing else happening: a note-off was lost (an unplugged
                 # cable, a dropped event). The call must still end, and those keys are forgotten.
@@ -249,7 +265,9 @@ class Engine:
                 self.keys.clear()
                 self.silent_since = self.last_input
                 self._apply(Input.SILENCE, now, None)
-        if self.state is State.ANSWERING and self.answer is not None:
+        if self.state is State.ENTERING:
+            self._check_started(now)
+        if self.state in (State.ANSWERING, State.ENTERING) and self.answer is not None:
             self._generate(now)
             a = self.answer
             if a.pos >= a.target and now >= a.end:
@@ -275,6 +293,8 @@ class Engine:
                 self._end_call(t)
             elif action is Action.STOP_ANSWER:
                 self._finish_answer(t, stopped=True)
+            elif action is Action.RESUME_CALL:
+                self._resume_call(t)
             elif action is Action.START_ACCOMPANIMENT:
                 self._start_accompaniment(t)
             elif action is Action.END_ACCOMPANIMENT:
@@ -286,6 +306,8 @@ class Engine:
 
     def _start_call(self, t: float) -> None:
         self.calls += 1
+        if self.s.answer.memory == "call":
+            self.sampler.reset()  # this call is heard from a fresh state
         checkpoint = self.sampler.checkpoint()
         if self.grid_t0 is not None:  # the call's beats are the grid's beats, not its first note's
             period = 60.0 / self.bpm
@@ -307,9 +329,12 @@ class Engine:
         self._feed(tokenize_message(self.tokenizer, beat, msg))
 
     def _feed(self, events: list[Event]) -> None:
-        if not events or self.call is None:
-            return
-        for token in self.vocab.encode(events):
+        if events and self.call is not None:
+            self._feed_tokens(self.vocab.encode(events))
+
+    def _feed_tokens(self, tokens: list[int]) -> None:
+        assert self.call is not None
+        for token in tokens:
             started = time.perf_counter()
             self.sampler.feed(token)
             self.step_ms.append((time.perf_counter() - started) * 1e3)
@@ -319,12 +344,15 @@ class Engine:
         call = self.call
         assert call is not None
         end = self.silent_since if self.silent_since is not None else now
+        call.resume = (self.sampler.checkpoint(), copy.deepcopy(self.tokenizer), len(call.tokens), call.bpm,
+                       self.bpm, self.last_profile)
         self._feed(self.tokenizer.flush(self._beat(end)))
         if not self.grid_fixed:
             bpm = estimate_bpm(call.onsets, call.bpm, self.s.tempo.min_bpm, self.s.tempo.max_bpm)
             if abs(bpm / call.bpm - 1) > RETEMPO:
                 self._retokenize(call, bpm, end)
             self.bpm = bpm
+        self._choose_context(call)
         period = 60.0 / self.bpm
         call_beats = (end - call.t0) / period
         beats = min(self.s.answer.max_beats, max(self.s.answer.min_beats, call_beats * self.length_ratio))
@@ -336,11 +364,14 @@ class Engine:
         now = self.clock.now() if self.clock is not None else now  # the estimate took time too
         anchor = self.grid_t0 if self.grid_t0 is not None else call.t0
         k = math.ceil((now + margin - anchor) / period)
+        if self.entry_target is not None:
+            k, self.entry_target = max(k, self.entry_target), None
         velocity = round(statistics.fmean(call.velocities)) if call.velocities else 80
         self.answers += 1
         self.answer = Answer(
             number=self.answers, tag=f"answer-{self.answers}", start=anchor + k * period, period=period,
             target=beats * TICKS, velocity=velocity, phrase_end=now,
+            expr=self._expression(call, end),
         )
         if self.mode == "echo":
             self.answer.echo = list(self.vocab.decode(call.tokens))
@@ -350,6 +381,75 @@ class Engine:
             f"answering {beats} beats"
         )
         self._generate(now)
+
+    def _likely_end(self, now: float) -> bool:
+        """Whether the silent call seems to end on a coming beat (live/entry.py); remembers the beat."""
+        call = self.call
+        if (call is None or self.silent_since is None or not self.s.phrase.early_entry or self.s.practice.call_bars
+                or self.s.phrase.end_gesture != "silence" or self.mode == "accompany"):
+            return False
+        if call.release_bpm is None or call.release_bpm[0] != self.silent_since:
+            bpm = self.bpm if self.grid_fixed else estimate_bpm(call.onsets, call.bpm, self.s.tempo.min_bpm,
+                                                                 self.s.tempo.max_bpm)
+            call.release_bpm = (self.silent_since, bpm)
+        bpm = call.release_bpm[1]
+        anchor = self.grid_t0 if self.grid_t0 is not None else call.t0
+        to_beats = bpm / 60.0
+        lead = (self.s.answer.start_margin_s + ENTRY_LEAD_S) * to_beats
+        target = entry.entry_beat((self.silent_since - anchor) * to_beats, (now - anchor) * to_beats, lead,
+                                  self.s.practice.beats_per_bar, self.s.phrase.entry_silence_beats)
+        self.entry_target = target
+        return target is not None
+
+    def _check_started(self, now: float) -> None:
+        a = self.answer
+        if self.state is State.ENTERING and a is not None and a.first_due is not None and now >= a.first_due:
+            self._apply(Input.ANSWER_STARTED, now, None)
+
+    def _resume_call(self, t: float) -> None:
+        """The call went on before the planned answer sounded: undo END_CALL, silently."""
+        a, self.answer = self.answer, None
+        call = self.call
+        if a is not None:
+            self.scheduler.cancel(a.tag)
+            self.answers -= 1
+            self.answer_notes -= sum(len(p) for p, _ in self.vocab.decode(a.tokens)) if a.echo is None else 0
+        if call is None or call.resume is None:
+            return
+        checkpoint, tokenizer, n_tokens, call.bpm, self.bpm, self.last_profile = call.resume
+        self.sampler.restore(checkpoint)
+        self.tokenizer = tokenizer
+        del call.tokens[n_tokens:]
+        call.resume = None
+        self.log("the call goes on")
+
+    def _choose_context(self, call: Call) -> None:
+        """[answer] memory: keep what came before this call, or hear it from a fresh state."""
+        policy = self.s.answer.memory
+        current = memory.profile(m.note for _, m in call.messages if m.type == "note_on")
+        keep = memory.keep_context(policy, self.last_profile, current)
+        self.last_profile = current
+        if policy == "auto" and not keep:
+            self.sampler.reset()
+            tokens, call.tokens = call.tokens, []
+            self._feed_tokens(tokens)
+
+    def _expression(self, call: Call, end: float) -> expression.Expression:
+        """The call's dynamics, articulation and swing (or the configured plain ones)."""
+        a = self.s.answer
+        if not a.mirror:
+            return expression.Expression(articulation=a.articulation)
+        to_beats = self.bpm / 60.0
+        open_: dict[int, tuple[float, int]] = {}
+        notes = []
+        for t, m in call.messages:
+            if m.type == "note_on":
+                open_[m.note] = (t, m.velocity)
+            elif m.type == "note_off" and m.note in open_:
+                on, vel = open_.pop(m.note)
+                notes.append(((on - call.t0) * to_beats, (t - call.t0) * to_beats, m.note, vel))
+        notes += [((on - call.t0) * to_beats, (end - call.t0) * to_beats, p, v) for p, (on, v) in open_.items()]
+        return expression.from_call(sorted(notes), a.articulation)
 
     def _retokenize(self, call: Call, bpm: float, end: float) -> None:
         """The call's tokens again at the tempo heard over the whole call, and the model re-primed."""
@@ -393,11 +493,12 @@ class Engine:
             if not pitches and a.pos == 0:
                 continue  # an answer starts with a note, not with silence
             dur = min(dur, a.target - a.pos)
-            on = a.time_of(a.pos)
-            off = a.time_of(a.pos + dur * self.s.answer.articulation)
+            on = a.beat_time(a.pos)
+            off = a.beat_time(a.pos + dur * a.expr.articulation)
+            level = a.expr.velocity_at(a.pos / a.target) if a.expr.contour else a.velocity
             for p in pitches:
                 vel = self.rng.randint(-self.s.answer.velocity_spread, self.s.answer.velocity_spread)
-                vel = min(127, max(1, a.velocity + vel))
+                vel = min(127, max(1, level + vel))
                 self.scheduler.schedule(on, mido.Message("note_on", channel=ch, note=p, velocity=vel), a.tag)
                 self.scheduler.schedule(off, mido.Message("note_off", channel=ch, note=p), a.tag)
                 self.answer_notes += 1

@@ -3,6 +3,10 @@
     LISTENING --note on-----------------------------> CALLING     (start a call)
     CALLING   --note on / off / pedal---------------> CALLING     (feed the tokenizer)
     CALLING   --silence >= N beats, or end gesture--> ANSWERING   (end the call, start the answer)
+    CALLING   --likely end (live/entry.py)----------> ENTERING    (end the call, plan the answer)
+    ENTERING  --note on-----------------------------> CALLING     (not the end after all: undo, feed)
+    ENTERING  --answer's first note due-------------> ANSWERING
+    ENTERING  --answer played out-------------------> LISTENING
     ANSWERING --note on, barge_in-------------------> CALLING     (stop the answer, start a call)
     ANSWERING --note on, no barge_in----------------> ANSWERING   (heard and passed thru, not a call)
     ANSWERING --answer played out-------------------> LISTENING
@@ -26,6 +30,7 @@ class State(Enum):
     LISTENING = "listening"
     CALLING = "calling"
     ANSWERING = "answering"
+    ENTERING = "entering"  # the answer is planned but has not sounded: the call may still go on
 
 
 class Input(Enum):
@@ -34,6 +39,8 @@ class Input(Enum):
     SILENCE = "silence"  # the call has been silent for the configured number of beats
     END_GESTURE = "end_gesture"
     ANSWER_DONE = "answer_done"
+    LIKELY_END = "likely_end"  # the call seems to end: enter on the coming beat (live/entry.py)
+    ANSWER_STARTED = "answer_started"  # the answer's first note is due
     PANIC = "panic"
 
 
@@ -42,6 +49,7 @@ class Action(Enum):
     FEED = "feed"
     END_CALL = "end_call"  # also starts the answer
     STOP_ANSWER = "stop_answer"
+    RESUME_CALL = "resume_call"  # undo END_CALL: the planned answer never sounded, the call goes on
     START_ACCOMPANIMENT = "start_accompaniment"
     END_ACCOMPANIMENT = "end_accompaniment"
     PANIC = "panic"
@@ -70,6 +78,16 @@ def transition(state: State, event: Input, barge_in: bool = True, accompany: boo
             if accompany:
                 return Step(State.LISTENING, (Action.END_ACCOMPANIMENT,))
             return Step(State.ANSWERING, (Action.END_CALL,))
+        if event is Input.LIKELY_END and not accompany:
+            return Step(State.ENTERING, (Action.END_CALL,))
+        return Step(state)
+    if state is State.ENTERING:
+        if event is Input.NOTE_ON:
+            return Step(State.CALLING, (Action.RESUME_CALL, Action.FEED))
+        if event is Input.ANSWER_STARTED:
+            return Step(State.ANSWERING)
+        if event is Input.ANSWER_DONE:
+            return Step(State.LISTENING)
         return Step(state)
     # ANSWERING
     if event is Input.NOTE_ON and barge_in:

@@ -31,7 +31,7 @@ from liveduet.live.listener import Listener, clean
 from liveduet.live.phrase import State
 from liveduet.live.recorder import Recorder
 from liveduet.live.scheduler import Scheduler
-from liveduet.live.settings import LiveSettings
+from liveduet.live.settings import AnswerSettings, LiveSettings
 from liveduet.music.tokens import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,14 @@ class SessionSnapshot:
     late_p99_ms: float
     dropped: int
     elapsed_s: float
+
+
+def answer_sampler(runtime: Any, answer: AnswerSettings, seed: int | None = None) -> Any:
+    """The model's sampler as `run` and the live evaluation use it: the [answer] settings, <bos> fed."""
+    from liveduet.model.sampling import Sampler
+
+    return Sampler(runtime, temperature=answer.temperature, top_k=answer.top_k, top_p=answer.top_p, seed=seed,
+                   max_repeat=answer.max_repeat, max_loop=answer.max_loop)
 
 
 class Session:
@@ -86,6 +94,8 @@ class Session:
         self._stats = open(stats_path, "a", encoding="utf-8") if stats_path else None  # noqa: SIM115
         self.engine = Engine(settings, vocab, sampler, self.scheduler, log=log, on_answer=self._on_answer, seed=seed,
                              clock=self.clock)
+        self._controls = {c for c in (settings.controls.temperature_cc, settings.controls.length_cc,
+                                      settings.controls.panic_cc) if c >= 0}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._started_at = self.clock.now()
@@ -141,54 +151,73 @@ class Session:
             self._threads.append(thread)
 
     def _route(self) -> None:
-        """Thru first (the player hears themself at once), then the recording, then the engine."""
-        thru = self.settings.controls.thru
-        controls = {c for c in (self.settings.controls.temperature_cc, self.settings.controls.length_cc,
-                                self.settings.controls.panic_cc) if c >= 0}
         while not self._stop.is_set():
             item = self.listener.get(timeout=0.1)
-            if item is None:
-                continue
-            t, msg = item
-            is_control = msg.type == "control_change" and msg.control in controls
-            if thru and not is_control:
-                self.scheduler.send_now(msg)
-            rec = self.recorder
-            if rec is not None and not is_control:
-                rec.record_player(msg, t)
-            self._to_engine.put((t, clean(msg) or msg))
+            if item is not None:
+                self.route(*item)
+
+    def route(self, t: float, msg: mido.Message) -> None:
+        """One input message: thru first (the player hears themself at once), then the recording,
+        then the engine's queue. The router thread calls this; so does the simulation (simulate.py)."""
+        is_control = msg.type == "control_change" and msg.control in self._controls
+        if self.settings.controls.thru and not is_control:
+            self.scheduler.send_now(msg)
+        rec = self.recorder
+        if rec is not None and not is_control:
+            rec.record_player(msg, t)
+        self._to_engine.put((t, clean(msg) or msg))
 
     def _run_engine(self) -> None:
-        engine = self.engine
         next_snapshot = 0.0
         while not self._stop.is_set():
             try:
-                item = self._to_engine.get(timeout=engine.wait_hint())
+                item = self._to_engine.get(timeout=self.engine.wait_hint())
             except queue.Empty:
                 item = None
             now = self.clock.now()
-            try:
-                if item is not None:
-                    t, msg = item
-                    if isinstance(msg, str):  # a command from the terminal
-                        if msg.startswith("temperature="):
-                            engine.set_temperature(float(msg.split("=", 1)[1]))
-                        else:
-                            engine.panic(t)
-                    else:
-                        engine.handle(t, msg)
-                engine.tick(now)
-            except Exception as err:  # a bug: keep the duet alive, silence it, say so once per kind
-                log.exception("engine error")
-                engine.warnings.append(f"engine error: {type(err).__name__}: {err}")
-                self.scheduler.panic()
-            if engine.state is State.LISTENING and self._to_engine.empty():
-                self.answers_done.set()
-            else:
-                self.answers_done.clear()
+            self.engine_step(item, now)
             if now >= next_snapshot:
                 self._publish(now)
                 next_snapshot = now + SNAPSHOT_EVERY_S
+
+    def engine_step(self, item: tuple[float, mido.Message | str] | None, now: float) -> None:
+        """One turn of the engine thread: the item (a message or a command), then time passes."""
+        engine = self.engine
+        try:
+            if item is not None:
+                t, msg = item
+                if isinstance(msg, str):  # a command from the terminal
+                    if msg.startswith("temperature="):
+                        engine.set_temperature(float(msg.split("=", 1)[1]))
+                    else:
+                        engine.panic(t)
+                else:
+                    engine.handle(t, msg)
+            engine.tick(now)
+        except Exception as err:  # a bug: keep the duet alive, silence it, say so once per kind
+            log.exception("engine error")
+            engine.warnings.append(f"engine error: {type(err).__name__}: {err}")
+            self.scheduler.panic()
+        if engine.state is State.LISTENING and self._to_engine.empty():
+            self.answers_done.set()
+        else:
+            self.answers_done.clear()
+
+    def pump(self) -> None:
+        """Everything the threads would do at `clock.now()`, on the caller's thread: route what the
+        listener holds, run the engine over its queue and tick it, send what is due. For simulated
+        time (a ManualClock, no threads started); `start()` must not have been called."""
+        now = self.clock.now()
+        for item in self.listener.drain():
+            self.route(*item)
+        while True:
+            try:
+                item = self._to_engine.get_nowait()
+            except queue.Empty:
+                break
+            self.engine_step(item, now)
+        self.engine_step(None, now)
+        self.scheduler.run_due(now)
 
     def panic(self) -> None:
         """Silence everything now (any thread): the engine thread carries it out."""

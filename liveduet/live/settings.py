@@ -16,6 +16,8 @@ class PhraseSettings:
     end_gesture: str = "silence"  # "silence" | "pedal" (pedal released) | "cc" (end_cc pressed)
     end_cc: int = 20
     barge_in: bool = True  # a new call during the answer stops the answer at once
+    early_entry: bool = True  # enter on the bar line when the call seems to end there (see live/entry.py)
+    entry_silence_beats: float = 0.75  # elsewhere: enter on the first beat after this much silence
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,11 @@ class AnswerSettings:
     articulation: float = 0.92  # share of each duration a note sounds: repeated notes re-strike
     lookahead_s: float = 0.4  # tokens are generated this far ahead of the playhead, no further
     start_margin_s: float = 0.05  # the answer starts on the first beat at least this far ahead
-    velocity_spread: int = 6  # ± random velocity around the player's mean
+    velocity_spread: int = 3  # ± random velocity around the call's contour
+    memory: str = "auto"  # "call": each call from a fresh state | "session": one state | "auto" (live/memory.py)
+    max_repeat: int = 4  # repetition guard: no more identical pitch tokens in a row than this (0: off)
+    max_loop: int = 4  # ... and no figure of 2..8 pitch tokens repeated more often than this in a row (0: off)
+    mirror: bool = True  # velocity contour, articulation and swing follow the call's (live/expression.py)
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,10 @@ class LiveSettings:
             ("answer.lookahead_s", a.lookahead_s, 0.05 <= a.lookahead_s <= 5),
             ("answer.start_margin_s", a.start_margin_s, 0 <= a.start_margin_s <= 2),
             ("answer.velocity_spread", a.velocity_spread, 0 <= a.velocity_spread <= 40),
+            ("answer.memory", a.memory, a.memory in ("call", "session", "auto")),
+            ("answer.max_repeat", a.max_repeat, 0 <= a.max_repeat <= 64),
+            ("answer.max_loop", a.max_loop, 0 <= a.max_loop <= 64),
+            ("phrase.entry_silence_beats", p.entry_silence_beats, 0.25 <= p.entry_silence_beats <= 16),
             ("tempo.bpm", t.bpm, t.bpm == 0 or 20 <= t.bpm <= 300),
             ("tempo.initial_bpm", t.initial_bpm, 20 <= t.initial_bpm <= 300),
             ("tempo.min_bpm", t.min_bpm, 20 <= t.min_bpm < t.max_bpm <= 300),

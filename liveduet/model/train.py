@@ -214,6 +214,10 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
         return torch.bfloat16 if cpu_has_bf16() else None
+    if device.type == "cpu" and not cpu_has_bf16():
+        # oneDNN's LSTM has no emulated bf16 path: it fails on the first batch with a long error.
+        raise ConfigError('[train] precision = "bf16" needs a CPU with AVX512-BF16 or AMX (this one has '
+                          'neither); use "auto" or "fp32"')
     return torch.bfloat16
 
 
