@@ -53,10 +53,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=d.threads,
                    help=f"torch threads for batched scoring (default {d.threads}; more helps only on idle cores)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
+    live = p.add_argument_group(
+        "live evaluation (--live)",
+        "Play the validation pieces' first beats as calls through the daemon's own engine in simulated time "
+        "(one session, a simulated player, no ports) and compare each answer with its call, next to the "
+        "composer's continuation and another piece's.")
+    live.add_argument("--live", action="store_true", help="run the live evaluation instead")
+    live.add_argument("--calls", type=int, default=50, help="calls to play (default 50)")
+    live.add_argument("--beats", type=int, default=8, help="beats per call (default 8)")
+    live.add_argument("--tempo", type=float, default=100.0, help="the player's tempo in bpm (default 100)")
+    live.add_argument("--estimate-tempo", action="store_true", help="liveduet estimates the tempo (as `run` "
+                      "without --tempo) instead of being told it")
+    live.add_argument("--config", type=Path, help="live settings TOML, as for `run` (default: configs' defaults)")
+    live.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                      help="override one live setting, e.g. --set answer.memory=session (repeatable)")
+    live.add_argument("--out", type=Path, help="also write the JSON report here")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.live:
+        return run_live(args)
     options = EvalOptions(max_tokens=args.max_tokens, samples=args.samples, length=args.length, prime=args.prime,
                           order=args.order, markov_tokens=args.markov_tokens, temperature=args.temperature,
                           seed=args.seed, threads=args.threads)
@@ -102,3 +119,84 @@ def render(report: dict, console: Console) -> None:
     console.print(f"[dim]Markov fit {secs['markov_fit']:.1f} s on {markov['train_tokens']:,} of "
                   f"{report['train_tokens']:,} train tokens; "
                   f"model scoring {secs['model_score']:.1f} s; sampling {secs['sampling']:.1f} s[/dim]")
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """["answer.memory=call", "answer.temperature=0.8"] → {"answer": {"memory": "call", "temperature": 0.8}};
+    values are read as TOML (numbers, true/false), else taken as strings."""
+    import tomllib
+
+    from liveduet.errors import ConfigError
+
+    out: dict[str, dict] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. answer.memory=call")
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value
+        out.setdefault(section, {})[name] = parsed
+    return out
+
+
+def run_live(args: argparse.Namespace) -> int:
+    from liveduet.errors import LiveduetError
+    from liveduet.live.evaluate import LiveEvalOptions, run_live_eval, targets_met
+    from liveduet.live.settings import load_live_settings
+    from liveduet.model.runtime import ModelRuntime, default_model_dir
+    from liveduet.music.dataset import load_dataset
+
+    if args.calls < 2 or args.beats < 2 or not 20 <= args.tempo <= 300:
+        raise LiveduetError("--calls and --beats must be at least 2, --tempo within 20..300")
+    settings = load_live_settings(args.config)
+    if args.set:
+        settings = settings.with_overrides(**parse_overrides(args.set))
+    runtime = ModelRuntime.load(args.model if args.model is not None else default_model_dir())
+    data = load_dataset(args.data)
+    runtime.vocab.check_compatible(data.vocab, f"the model in {runtime.path}")
+    options = LiveEvalOptions(calls=args.calls, beats=args.beats, bpm=args.tempo, fixed_tempo=not args.estimate_tempo,
+                              seed=args.seed)
+    err = Console(stderr=True, quiet=args.quiet)
+    with err.status("live evaluation") as status:
+        report = run_live_eval(runtime, data, settings, options, log=lambda text: status.update(text))
+    report["targets"] = targets_met(report)
+    text = json.dumps(report, indent=1)
+    if args.out:
+        from liveduet.fsutil import write_atomic
+
+        write_atomic(args.out, text.encode() + b"\n")
+    if args.json:
+        print(text)
+    else:
+        render_live(report, Console())
+    return 0
+
+
+LIVE_LABELS = {"pc_cosine": "pitch-class cosine", "rhythm_overlap": "rhythm overlap", "register_gap":
+               "register gap (semitones)", "in_key": "in the call's key", "texture_gap": "texture gap (notes/onset)"}
+
+
+def render_live(report: dict, console: Console) -> None:
+    """The live evaluation as a table: answer, composer, another piece, and the answer's place."""
+    o = report["options"]
+    a = report["settings"]["answer"]
+    table = Table(title=f"{report['calls_played']} calls of {o['beats']} beats at {o['bpm']:g} bpm, one session "
+                        f"(memory {a['memory']}, T={a['temperature']}, top-p {a['top_p']})")
+    for name in ("call → continuation", "liveduet", "composer", "another piece", "place"):
+        table.add_column(name, justify="left" if name.startswith("call") else "right")
+    for key, row in report["measures"].items():
+        cells = [("-" if row[w] is None else f"{row[w]:.3f}") for w in ("answer", "composer", "another")]
+        table.add_row(LIVE_LABELS[key], *cells, "-" if row["place"] is None else f"{row['place']:.2f}")
+    console.print(table)
+    e = report["expression"]
+    console.print(f"answered {report['answered']}/{report['calls_played']}, false ends {report['false_ends']}, "
+                  f"entry {report['entry_beats_median']} beats after the call's last release (median); "
+                  f"velocity contour r = {e['velocity_corr_mean']}, swing within 0.05: {e['swing_within_0.05']} "
+                  f"({e['swing_calls']} swung calls), articulation within 10 %: {e['articulation_within_10pct']}")
+    misses = [k for k, ok in report.get("targets", {}).items() if not ok]
+    console.print("targets: " + ("all met" if not misses else "missed " + "; ".join(misses)))
+    console.print(f"[dim]{report['simulated_s']:.0f} s of session in {report['wall_s']:.1f} s "
+                  f"({report['speed']}x real time)[/dim]")

@@ -38,7 +38,7 @@ from liveduet.music.tokens import TICKS, Event, StreamTokenizer, Vocabulary
 SUSTAIN = 64
 RETEMPO = 0.08  # re-tokenize the call when its estimated tempo differs by more than this share
 SEND_GUARD_S = 0.004  # no sampling this close before a scheduled send (see _send_imminent)
-ENTRY_LEAD_S = 0.02  # a likely end is planned this long before the answer's margin runs out
+ENTRY_LEAD_S = 0.005  # a likely end is planned this long before the answer's margin runs out
 IDLE_BEATS = 8  # no input at all for this long ends a call even with keys down (lost note-offs)
 
 
@@ -65,7 +65,7 @@ class Call:
     onsets: list[float] = field(default_factory=list)
     checkpoint: object = None  # the sampler before the call: to re-prime at another tempo
     resume: tuple | None = None  # everything END_CALL changed, to undo it if the call goes on (ENTERING)
-    release_bpm: tuple[float, float] | None = None  # (silence start, tempo estimated then): entry planning
+    release: tuple[float, float, float] | None = None  # (silence start, tempo then, usual gap s): entry planning
 
 
 @dataclass
@@ -78,6 +78,7 @@ class Answer:
     velocity: int
     phrase_end: float
     pos: int = 0  # twelfths generated so far
+    first_pos: int = 0  # where the first note may sound: 6 when entering on the "and" of the beat
     tokens: list[int] = field(default_factory=list)
     first_due: float | None = None
     first_sent: float | None = None
@@ -363,14 +364,19 @@ class Engine:
         margin = self.s.answer.start_margin_s + min(0.5, 4e-3 * (summary_pct(recent, 99) or 0.0))
         now = self.clock.now() if self.clock is not None else now  # the estimate took time too
         anchor = self.grid_t0 if self.grid_t0 is not None else call.t0
-        k = math.ceil((now + margin - anchor) / period)
-        if self.entry_target is not None:
-            k, self.entry_target = max(k, self.entry_target), None
+        entry_at: float = math.ceil((now + margin - anchor) / period)  # beats from the anchor
+        target, self.entry_target = self.entry_target, None
+        if target is not None and anchor + target * period >= now + margin:
+            entry_at = target  # a predicted end (live/entry.py): the bar line, or its "and"
+        k = math.floor(entry_at)
+        first = round((entry_at - k) * TICKS)
+        if self.mode != "echo":
+            self._feed_gap(call, anchor + k * period, first)
         velocity = round(statistics.fmean(call.velocities)) if call.velocities else 80
         self.answers += 1
         self.answer = Answer(
             number=self.answers, tag=f"answer-{self.answers}", start=anchor + k * period, period=period,
-            target=beats * TICKS, velocity=velocity, phrase_end=now,
+            target=beats * TICKS + first, velocity=velocity, phrase_end=now, pos=first, first_pos=first,
             expr=self._expression(call, end),
         )
         if self.mode == "echo":
@@ -382,22 +388,30 @@ class Engine:
         )
         self._generate(now)
 
+    def _feed_gap(self, call: Call, start: float, first: int) -> None:
+        """The model hears the silence between the call's last event and the answer as a rest, so
+        the answer's first event sits where the model thinks it does in the bar."""
+        heard = sum(d for _, d in self.vocab.decode(call.tokens))  # twelfths from the call's first note
+        gap = round((start - call.t0) / (60.0 / self.bpm) * TICKS) + first - heard
+        if gap > 0:
+            self._feed([((), min(gap, self.vocab.settings.max_duration))])
+
     def _likely_end(self, now: float) -> bool:
         """Whether the silent call seems to end on a coming beat (live/entry.py); remembers the beat."""
         call = self.call
         if (call is None or self.silent_since is None or not self.s.phrase.early_entry or self.s.practice.call_bars
                 or self.s.phrase.end_gesture != "silence" or self.mode == "accompany"):
             return False
-        if call.release_bpm is None or call.release_bpm[0] != self.silent_since:
+        if call.release is None or call.release[0] != self.silent_since:
             bpm = self.bpm if self.grid_fixed else estimate_bpm(call.onsets, call.bpm, self.s.tempo.min_bpm,
                                                                  self.s.tempo.max_bpm)
-            call.release_bpm = (self.silent_since, bpm)
-        bpm = call.release_bpm[1]
+            call.release = (self.silent_since, bpm, _usual_gap(call.messages))
+        _, bpm, gap_s = call.release
         anchor = self.grid_t0 if self.grid_t0 is not None else call.t0
         to_beats = bpm / 60.0
         lead = (self.s.answer.start_margin_s + ENTRY_LEAD_S) * to_beats
         target = entry.entry_beat((self.silent_since - anchor) * to_beats, (now - anchor) * to_beats, lead,
-                                  self.s.practice.beats_per_bar, self.s.phrase.entry_silence_beats)
+                                  self.s.practice.beats_per_bar, self.s.phrase.entry_silence_beats, gap_s * to_beats)
         self.entry_target = target
         return target is not None
 
@@ -490,12 +504,13 @@ class Engine:
                 self.step_ms.extend((elapsed, elapsed))
                 a.step_ms.extend((elapsed, elapsed))
             a.tokens.extend(self.vocab.encode([(pitches, dur)]))
-            if not pitches and a.pos == 0:
+            if not pitches and a.pos == a.first_pos:
                 continue  # an answer starts with a note, not with silence
             dur = min(dur, a.target - a.pos)
             on = a.beat_time(a.pos)
             off = a.beat_time(a.pos + dur * a.expr.articulation)
-            level = a.expr.velocity_at(a.pos / a.target) if a.expr.contour else a.velocity
+            rel = (a.pos - a.first_pos) / max(1, a.target - a.first_pos)
+            level = a.expr.velocity_at(rel) if a.expr.contour else a.velocity
             for p in pitches:
                 vel = self.rng.randint(-self.s.answer.velocity_spread, self.s.answer.velocity_spread)
                 vel = min(127, max(1, level + vel))
@@ -672,6 +687,23 @@ def tokenize_message(tok: StreamTokenizer, beat: float, msg: mido.Message) -> li
     if msg.type == "control_change" and msg.control == SUSTAIN:
         return tok.pedal(beat, msg.value >= 64)
     return []
+
+
+def _usual_gap(messages: list[tuple[float, mido.Message]]) -> float:
+    """Median seconds from a moment of silence (all keys up) to the next onset: the player's articulation gap."""
+    down: set[int] = set()
+    gaps, silent = [], None
+    for t, m in messages:
+        if m.type == "note_on":
+            if silent is not None and not down:
+                gaps.append(t - silent)
+            down.add(m.note)
+            silent = None
+        elif m.type == "note_off":
+            down.discard(m.note)
+            if not down:
+                silent = t
+    return statistics.median(gaps) if gaps else 0.0
 
 
 def summary_pct(sorted_xs: list[float], q: float, scale: float = 1.0) -> float | None:

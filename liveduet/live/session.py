@@ -138,10 +138,13 @@ class Session:
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
+    def start(self, threads: bool = True) -> None:
+        """Start the session; `threads=False` for simulated time, where the caller `pump`s instead."""
         self._started_at = self.clock.now()
         self.engine.start(self._started_at)
+        if not threads:
+            return
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.scheduler.start()
         if self.recorder is not None:
             self.recorder.start()
@@ -206,7 +209,7 @@ class Session:
     def pump(self) -> None:
         """Everything the threads would do at `clock.now()`, on the caller's thread: route what the
         listener holds, run the engine over its queue and tick it, send what is due. For simulated
-        time (a ManualClock, no threads started); `start()` must not have been called."""
+        time (a ManualClock, `start(threads=False)`)."""
         now = self.clock.now()
         for item in self.listener.drain():
             self.route(*item)

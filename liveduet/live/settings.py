@@ -31,7 +31,7 @@ class AnswerSettings:
     channel: int = 1  # 0-based: channel 2, so the synth can give liveduet its own sound
     articulation: float = 0.92  # share of each duration a note sounds: repeated notes re-strike
     lookahead_s: float = 0.4  # tokens are generated this far ahead of the playhead, no further
-    start_margin_s: float = 0.05  # the answer starts on the first beat at least this far ahead
+    start_margin_s: float = 0.02  # the answer starts on the first beat at least this far ahead
     velocity_spread: int = 3  # ± random velocity around the call's contour
     memory: str = "auto"  # "call": each call from a fresh state | "session": one state | "auto" (live/memory.py)
     max_repeat: int = 4  # repetition guard: no more identical pitch tokens in a row than this (0: off)

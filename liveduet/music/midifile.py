@@ -10,8 +10,6 @@ chorale), and accepts some corrupt files silently. This reader keeps only what t
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import mido
 
 from liveduet.errors import MidiFileError
+from liveduet.fsutil import write_atomic
 
 MAX_BYTES = 8 * 1024 * 1024
 MAX_EVENTS = 2_000_000
@@ -253,37 +252,12 @@ def notes_to_midi(
 
 
 def save_atomic(mid: mido.MidiFile, path: str | Path, force: bool = False) -> Path:
-    """Write a MIDI file so that `path` is either the old file or the complete new one, never half
-    of it: a temp file beside it, fsync, rename, fsync of the folder (makes the rename durable)."""
+    """Write a MIDI file atomically (liveduet/fsutil.py): `path` is the old file or the new one,
+    never half of it."""
     path = Path(path)
     if path.exists() and not force:
         raise MidiFileError(f"{path} exists (use --force to overwrite)")
     buf = io.BytesIO()
     mid.save(file=buf)  # mido's save(filename) truncates the target first: build in memory instead
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getvalue())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Not every filesystem allows opening a directory.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return write_atomic(path, buf.getvalue())

@@ -42,7 +42,8 @@ TEMPERATURE_RANGE = (0.1, 2.0)  # what the engine clamps to
 KEY_EVERY_S = 0.5  # music21 key analysis costs ~30 ms: at most twice a second while a call grows
 MAX_ROLL_ROWS = 12
 NOTICE_S = 3.0  # how long the footer shows the result of a key press
-STATE_STYLE = {"listening": "bold green", "calling": "bold cyan", "entering": "bold magenta", "answering": "bold magenta"}
+STATE_STYLE = {"listening": "bold green", "calling": "bold cyan", "entering": "bold magenta",
+               "answering": "bold magenta"}
 PART_STYLE = {"call": "cyan", "answer": "magenta"}
 SIDE_BY_SIDE_WIDTH = 90  # narrower terminals get the call and answer rolls stacked
 NO_OUTPUT = ("", "(none)")  # what `liveduet run` names the output when there is none (record only)
