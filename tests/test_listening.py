@@ -44,22 +44,26 @@ def test_entering_transitions():
 # ---- entry prediction (pure) -------------------------------------------------------------------------
 
 def test_entry_on_the_phrase_bar_line():
-    # legato (no usual gap): released 0.1 beat before bar 3 (beat 8); planned as late as the lead allows
-    assert entry.entry_beat(7.9, 7.8, 0.1, 4, 0.75) is None
-    assert entry.entry_beat(7.9, 7.9, 0.1, 4, 0.75) == 8
-    # a player whose notes are 0.1 beat apart: a 0.02-beat silence proves nothing; listen through the
+    def e(released, now, gap=0.0):
+        return entry.entry_beat(released, now, 0.1, 0.03, 4, 0.75, usual_gap=gap)
+
+    # legato (no usual gap): released 0.1 beat before bar 3 (beat 8); planned as late as the margin allows
+    assert e(7.8, 7.82) is None
+    assert e(7.8, 7.88) == 8 and e(7.8, 7.9) == 8
+    assert e(7.8, 7.91) is None, "too late for the line"
+    # a player whose notes are 0.1 beat apart: a short silence proves nothing; listen through the
     # line, then enter on its "and" (or the next beat when that is too close)
-    assert entry.entry_beat(7.9, 7.92, 0.1, 4, 0.75, usual_gap=0.1) is None
-    assert entry.entry_beat(7.9, 8.05, 0.1, 4, 0.75, usual_gap=0.1) is None
-    assert entry.entry_beat(7.9, 8.1, 0.1, 4, 0.75, usual_gap=0.1) == 8.5
-    assert entry.entry_beat(7.9, 8.45, 0.1, 4, 0.75, usual_gap=0.1) == 9
+    assert e(7.85, 7.9, gap=0.1) is None
+    assert e(7.85, 8.05, gap=0.1) is None
+    assert e(7.85, 8.1, gap=0.1) == 8.5
+    assert e(7.85, 8.45, gap=0.1) == 9
     # clearly stopped before the line: on it
-    assert entry.entry_beat(7.5, 7.9, 0.1, 4, 0.75, usual_gap=0.1) == 8
+    assert e(7.5, 7.9, gap=0.1) == 8
     # released just after the line: the next beat
-    assert entry.entry_beat(8.2, 8.9, 0.1, 4, 0.75) == 9
+    assert e(8.2, 8.85) is None and e(8.2, 8.88) == 9
     # no bar-line entry inside the first phrase (bar 1 of 2): silence decides
-    assert entry.entry_beat(3.9, 3.95, 0.1, 4, 0.75) is None
-    assert entry.entry_beat(3.9, 4.65, 0.1, 4, 0.75) == 5
+    assert e(3.9, 3.9) is None
+    assert e(3.9, 4.65) == 5
 
 
 # ---- context policy -----------------------------------------------------------------------------------

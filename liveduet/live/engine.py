@@ -38,7 +38,7 @@ from liveduet.music.tokens import TICKS, Event, StreamTokenizer, Vocabulary
 SUSTAIN = 64
 RETEMPO = 0.08  # re-tokenize the call when its estimated tempo differs by more than this share
 SEND_GUARD_S = 0.004  # no sampling this close before a scheduled send (see _send_imminent)
-ENTRY_LEAD_S = 0.005  # a likely end is planned this long before the answer's margin runs out
+ENTRY_WINDOW_S = 0.015  # a bar-line entry is planned within this long before its margin runs out
 IDLE_BEATS = 8  # no input at all for this long ends a call even with keys down (lost note-offs)
 
 
@@ -65,7 +65,7 @@ class Call:
     onsets: list[float] = field(default_factory=list)
     checkpoint: object = None  # the sampler before the call: to re-prime at another tempo
     resume: tuple | None = None  # everything END_CALL changed, to undo it if the call goes on (ENTERING)
-    release: tuple[float, float, float] | None = None  # (silence start, tempo then, usual gap s): entry planning
+    release: tuple[float, ...] | None = None  # (silence start, tempo, usual gap s, margin s): entry planning
 
 
 @dataclass
@@ -358,10 +358,7 @@ class Engine:
         call_beats = (end - call.t0) / period
         beats = min(self.s.answer.max_beats, max(self.s.answer.min_beats, call_beats * self.length_ratio))
         beats = max(1, math.ceil(beats - 0.25))  # whole beats: the answer ends on the grid
-        # Start on the first beat far enough ahead that sampling the first event cannot make it
-        # late, even on a loaded machine: margin + a few recent worst-case model steps.
-        recent = sorted(list(self.step_ms)[-200:])
-        margin = self.s.answer.start_margin_s + min(0.5, 4e-3 * (summary_pct(recent, 99) or 0.0))
+        margin = self._start_margin()
         now = self.clock.now() if self.clock is not None else now  # the estimate took time too
         anchor = self.grid_t0 if self.grid_t0 is not None else call.t0
         entry_at: float = math.ceil((now + margin - anchor) / period)  # beats from the anchor
@@ -388,6 +385,12 @@ class Engine:
         )
         self._generate(now)
 
+    def _start_margin(self) -> float:
+        """How far ahead of its first note an answer is planned, so that sampling the first event
+        cannot make it late even on a loaded machine: the margin + a few recent worst-case steps."""
+        recent = sorted(list(self.step_ms)[-200:])
+        return self.s.answer.start_margin_s + min(0.5, 4e-3 * (summary_pct(recent, 99) or 0.0))
+
     def _feed_gap(self, call: Call, start: float, first: int) -> None:
         """The model hears the silence between the call's last event and the answer as a rest, so
         the answer's first event sits where the model thinks it does in the bar."""
@@ -405,12 +408,12 @@ class Engine:
         if call.release is None or call.release[0] != self.silent_since:
             bpm = self.bpm if self.grid_fixed else estimate_bpm(call.onsets, call.bpm, self.s.tempo.min_bpm,
                                                                  self.s.tempo.max_bpm)
-            call.release = (self.silent_since, bpm, _usual_gap(call.messages))
-        _, bpm, gap_s = call.release
+            call.release = (self.silent_since, bpm, _usual_gap(call.messages), self._start_margin())
+        _, bpm, gap_s, margin_s = call.release
         anchor = self.grid_t0 if self.grid_t0 is not None else call.t0
         to_beats = bpm / 60.0
-        lead = (self.s.answer.start_margin_s + ENTRY_LEAD_S) * to_beats
-        target = entry.entry_beat((self.silent_since - anchor) * to_beats, (now - anchor) * to_beats, lead,
+        target = entry.entry_beat((self.silent_since - anchor) * to_beats, (now - anchor) * to_beats,
+                                  margin_s * to_beats, ENTRY_WINDOW_S * to_beats,
                                   self.s.practice.beats_per_bar, self.s.phrase.entry_silence_beats, gap_s * to_beats)
         self.entry_target = target
         return target is not None

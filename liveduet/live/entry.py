@@ -27,25 +27,25 @@ HEAR = 0.1  # beats past the line: a player going on would have been heard by th
 AFTER_LINE = 0.5  # a release up to this far past a line still counts as ending there
 
 
-def entry_beat(released: float, now: float, lead: float, beats_per_bar: int, silence: float,
+def entry_beat(released: float, now: float, margin: float, window: float, beats_per_bar: int, silence: float,
                usual_gap: float = 0.0) -> float | None:
     """The beat to enter on when it is time to plan it; None to keep listening.
 
-    `released`: when the sound stopped; `now`: the present; `lead`: how far ahead of its first note
-    an answer must be planned; `usual_gap`: the call's median silence between a release and the next
-    onset (all in beats from the anchor). Entries are planned as late as they can be, so a player
-    who goes on is heard first."""
-    reachable = math.ceil(now + lead - 1e-9)  # the first beat still far enough ahead
+    `released`: when the sound stopped; `now`: the present; `margin`: how far ahead of its first note
+    an answer must be planned; `window`: how early before that a bar-line entry may be planned;
+    `usual_gap`: the call's median silence between a release and the next onset (all in beats from
+    the anchor). Entries are planned as late as they can be, so a player who goes on is heard first."""
+    reachable = math.ceil(now + margin - 1e-9)  # the first beat still far enough ahead
     period = PHRASE_BARS * beats_per_bar
     line = max(period, math.ceil(released / period - 1e-9) * period)
     if line - 1 <= released < line:
-        if line - lead <= now < line:  # the last moment to plan an entry on the line
+        if line - margin - window <= now <= line - margin:  # the last moments to plan on the line
             return line if now - released >= GAP_FACTOR * usual_gap else None
         if now >= line + HEAR:
-            return line + 0.5 if now + lead <= line + 0.5 else reachable
+            return line + 0.5 if now + margin <= line + 0.5 else reachable
         return None
     past = line - period  # the line just before the release
-    if past >= period and released <= past + AFTER_LINE and now + lead >= past + 1:
+    if past >= period and released <= past + AFTER_LINE and now + margin >= past + 1 - window:
         return max(reachable, past + 1)
     if now - released >= silence:
         return reachable
