@@ -48,6 +48,12 @@ class ScriptedSampler:
     def set_pitch_classes(self, allowed) -> None:
         self.locked = None if allowed is None else set(allowed)
 
+    def follow_pitch_classes(self, weights, strength) -> None:
+        self.followed = (weights, strength)
+
+    def follow_durations(self, counts, strength) -> None:
+        self.followed_durations = (counts, strength)
+
 
 @pytest.fixture
 def rig():

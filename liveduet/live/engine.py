@@ -17,7 +17,7 @@ import math
 import random
 import statistics
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -32,6 +32,7 @@ from liveduet.live.phrase import Action, Input, State, transition
 from liveduet.live.scheduler import Scheduler, percentile
 from liveduet.live.settings import LiveSettings
 from liveduet.live.tempo import estimate_bpm
+from liveduet.music import listening
 from liveduet.music.theory import best_major, major_scale, scale_name
 from liveduet.music.tokens import TICKS, Event, StreamTokenizer, Vocabulary
 
@@ -53,6 +54,8 @@ class LiveSampler(Protocol):
     def checkpoint(self) -> object: ...
     def restore(self, checkpoint: object) -> None: ...
     def set_pitch_classes(self, allowed: set[int] | frozenset[int] | None) -> None: ...
+    def follow_pitch_classes(self, weights: list[float] | None, strength: float) -> None: ...
+    def follow_durations(self, counts: dict[int, float] | None, strength: float) -> None: ...
 
 
 @dataclass
@@ -314,7 +317,7 @@ class Engine:
             period = 60.0 / self.bpm
             t = self.grid_t0 + math.floor((t - self.grid_t0) / period + 0.1) * period
         self.call = Call(t0=t, bpm=self.bpm, checkpoint=checkpoint)
-        self.tokenizer = StreamTokenizer(self.vocab.settings, self._window_beats(self.bpm))
+        self.tokenizer = StreamTokenizer(self.vocab.settings, self._window_beats(self.bpm), performed=True)
 
     def _feed_message(self, t: float, msg: mido.Message) -> None:
         call = self.call
@@ -374,7 +377,7 @@ class Engine:
         self.answer = Answer(
             number=self.answers, tag=f"answer-{self.answers}", start=anchor + k * period, period=period,
             target=beats * TICKS + first, velocity=velocity, phrase_end=now, pos=first, first_pos=first,
-            expr=self._expression(call, end),
+            expr=self._listen(call, end),
         )
         if self.mode == "echo":
             self.answer.echo = list(self.vocab.decode(call.tokens))
@@ -451,11 +454,8 @@ class Engine:
             tokens, call.tokens = call.tokens, []
             self._feed_tokens(tokens)
 
-    def _expression(self, call: Call, end: float) -> expression.Expression:
-        """The call's dynamics, articulation and swing (or the configured plain ones)."""
-        a = self.s.answer
-        if not a.mirror:
-            return expression.Expression(articulation=a.articulation)
+    def _call_notes(self, call: Call, end: float) -> list[listening.Note]:
+        """The call as notes, in beats from its first note (still-held notes end at `end`)."""
         to_beats = self.bpm / 60.0
         open_: dict[int, tuple[float, int]] = {}
         notes = []
@@ -466,13 +466,25 @@ class Engine:
                 on, vel = open_.pop(m.note)
                 notes.append(((on - call.t0) * to_beats, (t - call.t0) * to_beats, m.note, vel))
         notes += [((on - call.t0) * to_beats, (end - call.t0) * to_beats, p, v) for p, (on, v) in open_.items()]
-        return expression.from_call(sorted(notes), a.articulation)
+        return sorted(notes)
+
+    def _listen(self, call: Call, end: float) -> expression.Expression:
+        """What the answer takes from the call: its pitch classes (a bias on the sampler) and its
+        dynamics, articulation and swing (or the configured plain ones)."""
+        a = self.s.answer
+        notes = self._call_notes(call, end)
+        self.sampler.follow_pitch_classes(listening.pc_histogram(notes) if notes else None, a.follow)
+        durations = Counter(d for p, d in self.vocab.decode(call.tokens) if p)
+        self.sampler.follow_durations(dict(durations), a.follow_rhythm)
+        if not a.mirror:
+            return expression.Expression(articulation=a.articulation)
+        return expression.from_call(notes, a.articulation)
 
     def _retokenize(self, call: Call, bpm: float, end: float) -> None:
         """The call's tokens again at the tempo heard over the whole call, and the model re-primed."""
         self.sampler.restore(call.checkpoint)
         window = self._window_beats(bpm)
-        tok = StreamTokenizer(self.vocab.settings, window)
+        tok = StreamTokenizer(self.vocab.settings, window, performed=True)
         events: list[Event] = []
         scale = bpm / 60.0
         for t, msg in call.messages:

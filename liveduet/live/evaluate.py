@@ -99,14 +99,22 @@ class Performance:
         mid = self.swing / (1 + self.swing)
         return whole + (f * 2 * mid if f <= 0.5 else mid + (f - 0.5) * 2 * (1 - mid))
 
+    def play(self, notes: list[Note]) -> list[Note]:
+        """The notes as this player plays them: swung, each held `articulation` of its length
+        (velocities untouched). The references are compared in this form too: what the player
+        would have played next."""
+        out = []
+        for on, end, p, v in notes:
+            start = self.warp(on)
+            out.append((start, start + max(1 / TICKS, (self.warp(end) - start) * self.articulation), p, v))
+        return out
+
     def messages(self, call: list[Note], rng: random.Random) -> list[tuple[float, mido.Message]]:
-        """(beats from the call's start, message): each note held `articulation` of its length."""
+        """(beats from the call's start, message) for the call as played, with this dynamic contour."""
         span = max(n[0] for n in call) or 1.0
         msgs: list[tuple[float, int, mido.Message]] = []
-        for on, end, p, _ in call:
+        for (on, _, p, _), (start, stop, _, _) in zip(call, self.play(call)):
             vel = self.velocity(on / span, on, rng)
-            start = self.warp(on)
-            stop = start + max(1 / TICKS, (self.warp(end) - start) * self.articulation)
             msgs.append((start, 1, mido.Message("note_on", note=p, velocity=vel)))
             msgs.append((stop, 0, mido.Message("note_off", note=p)))
         msgs.sort(key=lambda m: (m[0], m[1]))
@@ -152,7 +160,8 @@ def run_live_eval(runtime: Any, data: Dataset, base: LiveSettings, options: Live
         while clock.now() < deadline and not (session.engine.state is State.LISTENING and
                                                session.engine.answers >= i + 1 and not session.scheduler.pending()):
             _advance(session, clock, min(deadline, clock.now() + 0.05))
-        rows.append(_score(ex, items[(i + 1) % len(items)], perf, played, out.sent[first_sent:], t0,
+        other = items[(i + len(items) // 2) % len(items)]  # far down the list: another file, as a rule
+        rows.append(_score(ex, other, perf, played, out.sent[first_sent:], t0,
                            session.engine.bpm, settings.answer.channel))
         log(f"call {i + 1}/{len(items)}")
     wall = time.perf_counter() - started
@@ -194,7 +203,8 @@ def _score(ex: Excerpt, other: Excerpt, perf: Performance, played: list[tuple[fl
     if not answer:
         return row
     row["entry_beats"] = round((min(n[0] for n in answer) - (last_release - t0) * to_beats), 3)
-    for name, cont in (("answer", answer), ("composer", ex.composer), ("another", other.composer)):
+    for name, cont in (("answer", answer), ("composer", perf.play(ex.composer)),
+                       ("another", perf.play(other.composer))):
         row[name] = {k: round(v, 4) for k, v in listening.compare(call, cont).items()}
     row["expression"] = _expression(call, answer, perf)
     return row

@@ -6,7 +6,10 @@ it arrives), `sample()` draws the next token and feeds it. The draw is shaped, i
 1. the grammar: after <bos>, <eos> or a duration only pitch tokens (and <eos> if allowed); after a
    pitch token only durations; <pad> and <bos> never;
 2. the scale lock (`set_pitch_classes`): pitch tokens with a pitch class outside the set are
-   masked; the rest is always allowed;
+   masked; the rest is always allowed; and the call's pitch classes (`follow_pitch_classes`): a
+   soft bias, added to each pitch token's score, of how common its pitch classes were in the call
+   (a partner takes up the material it was given; the model alone forgets it within a phrase);
+   the same for durations and the call's rhythm (`follow_durations`);
 3. the repetition guard (pitch tokens only, durations are free to repeat):
    - one pitch token may not come more than `max_repeat` times in a row (default 4, so no fifth
      identical note or chord);
@@ -26,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import random
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -36,6 +40,7 @@ from liveduet.model.runtime import ModelRuntime
 from liveduet.music.tokens import BOS, EOS, Event
 
 NEG_INF = float("-inf")
+FOLLOW_FLOOR = 0.02  # a pitch class absent from the call still has this share: disfavoured, not banned
 
 
 class Sampler:
@@ -56,7 +61,8 @@ class Sampler:
         pitch = torch.from_numpy(self.vocab.pitch_mask)
         dur = torch.from_numpy(self.vocab.duration_mask)
         zero, ninf = torch.zeros(V), torch.full((V,), NEG_INF)
-        self._mask_duration = torch.where(dur, zero, ninf)  # [V] after a pitch token
+        self._grammar_duration = torch.where(dur, zero, ninf)  # [V] after a pitch token
+        self._mask_duration = self._grammar_duration
         self._grammar_pitch = torch.where(pitch, zero, ninf)  # [V] after <bos>/<eos>/a duration
         self._rng = random.Random(seed if seed is not None else int.from_bytes(os.urandom(8), "little"))
         # Pitch classes of each pitch token, for the scale lock: [number of pitch sets, 12].
@@ -64,6 +70,7 @@ class Sampler:
         for i, ps in enumerate(self.vocab.pitchsets):
             self._pcs[i, [p % 12 for p in ps]] = True
         self.pitch_classes: frozenset[int] | None = None
+        self._follow: Tensor | None = None  # [V] the call's pitch-class bias, 0 off pitch tokens
         self.set_pitch_classes(None)
         self.reset()
 
@@ -108,10 +115,50 @@ class Sampler:
             outside[list(allowed)] = False
             bad = (self._pcs & outside).any(axis=1)  # [pitch sets]; the rest has no pitch class: never bad
             mask[self.vocab.rest_id :][torch.from_numpy(bad)] = NEG_INF
+        if self._follow is not None:
+            mask = mask + self._follow
         self._mask_pitch = mask
         self._mask_pitch_eos = mask.clone()
         self._mask_pitch_eos[EOS] = 0.0
         self.pitch_classes = None if allowed is None else frozenset(allowed)
+
+    def follow_pitch_classes(self, weights: Sequence[float] | None, strength: float) -> None:
+        """Bias pitch tokens toward a pitch-class distribution (12 weights, e.g. the call's note
+        durations per pitch class); None or strength 0 removes the bias. A set scores the mean, over
+        its pitch classes, of log(share + FLOOR) less that mean's expectation under the call, so the
+        call's usual notes are neutral, its frequent ones favoured and absent ones disfavoured,
+        never forbidden. Rests stay neutral."""
+        if weights is None or strength <= 0 or sum(weights) <= 0:
+            self._follow = None
+        else:
+            w = np.asarray(weights, dtype=np.float64)
+            share = w / w.sum()
+            log_share = np.log(share + FOLLOW_FLOOR)
+            log_share -= float((share * log_share).sum())
+            sizes = np.maximum(self._pcs.sum(axis=1), 1)
+            per_set = (self._pcs * log_share).sum(axis=1) / sizes  # [pitch sets]; the rest: 0
+            bias = torch.zeros(len(self.vocab))
+            bias[self.vocab.rest_id :] = torch.from_numpy(strength * per_set).float()
+            self._follow = bias
+        self.set_pitch_classes(None if self.pitch_classes is None else set(self.pitch_classes))
+
+    def follow_durations(self, counts: dict[int, float] | None, strength: float) -> None:
+        """Bias duration tokens toward a distribution of durations (twelfths → weight, e.g. the
+        call's events), as `follow_pitch_classes` does for pitch classes; None or 0 removes it."""
+        if not counts or strength <= 0 or sum(counts.values()) <= 0:
+            self._mask_duration = self._grammar_duration
+            return
+        total = sum(counts.values())
+        n = self.vocab.settings.max_duration
+        share = np.zeros(n)
+        for d, w in counts.items():
+            if 1 <= d <= n:
+                share[d - 1] += w / total
+        log_share = np.log(share + FOLLOW_FLOOR)
+        log_share -= float((share * log_share).sum())
+        bias = torch.zeros(len(self.vocab))
+        bias[self.vocab.dur_base : self.vocab.rest_id] = torch.from_numpy(strength * log_share).float()
+        self._mask_duration = self._grammar_duration + bias
 
     # -- stepping ----------------------------------------------------------------------------
     def reset(self) -> None:

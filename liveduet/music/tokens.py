@@ -319,12 +319,16 @@ class StreamTokenizer:
     live: seconds × tempo / 60), in time order. An event is complete once the next onset is
     known, so it comes out then; `advance(now)` closes a chord whose window has passed and
     `flush(end)` ends the phrase. The same code serves files (window 0: same tick) and live input
-    (window ≈ 30 ms), so training and the daemon see identical tokens.
+    (window ≈ 30 ms), so training and the daemon see identical tokens. One difference, by design:
+    with `performed=True` (live input) a silence between two notes shorter than half their onset gap
+    (and under a beat) is articulation and lengthens the note instead of becoming a rest; a file's
+    rests are notated rests and stay exact (docs/tokens.md).
     """
 
-    def __init__(self, settings: TokenizerSettings, window_beats: float = 0.0) -> None:
+    def __init__(self, settings: TokenizerSettings, window_beats: float = 0.0, performed: bool = False) -> None:
         self.s = settings
         self.window = window_beats
+        self.performed = performed  # a performance: silences shorter than half the gap are articulation
         self.held: dict[int, int] = {}  # keys down: pitch → how many times struck and not released
         self.pedal_down = False
         self.sustained: set[int] = set()  # released keys the pedal still holds
@@ -392,7 +396,7 @@ class StreamTokenizer:
         return out
 
     def reset(self) -> None:
-        self.__init__(self.s, self.window)
+        self.__init__(self.s, self.window, self.performed)
 
     def _commit(self) -> list[Event]:
         """Move the gathered chord to `current`, emitting the previous event now that its end is known."""
@@ -412,6 +416,11 @@ class StreamTokenizer:
         end = onset
         if release is not None:
             end = min(max(self.s.quantize(release), self.s.next_grid(cur_onset)), onset)
+            if self.performed and 2 * (onset - end) < onset - cur_onset and onset - end < TICKS:
+                # Articulation, not a rest: a staccato 8th is still an 8th, as a score writes it.
+                # Without this, live playing (notes held 60-95 % of their length) turned straight
+                # 8ths into triplets and 16th rests the model never saw in its (legato) training scores.
+                end = onset
         out.append((tuple(sorted(cur_pitches)), min(end - cur_onset, self.s.max_duration)))
         if end < onset:
             # Silences longer than max_duration are shortened: they carry no music.
