@@ -38,6 +38,7 @@ WAVE1 = {"answer": {"memory": "session", "follow": 0.0, "follow_rhythm": 0.0, "m
 SWEEP: list[tuple[str, dict]] = [
     ("wave 1 (session, no bias, no mirroring, silence end)", WAVE1),
     ("defaults", {}),
+    ("early entry off (1.5 beats of silence)", {"phrase": {"early_entry": False}}),
     ("memory = session", {"answer": {"memory": "session"}}),
     ("memory = call", {"answer": {"memory": "call"}}),
     ("follow = 0, follow_rhythm = 0 (model alone)", {"answer": {"follow": 0.0, "follow_rhythm": 0.0}}),

@@ -130,18 +130,19 @@ def test_answer_enters_on_the_bar_line_or_its_and(last, entry_beat):
 
 def test_early_entry_does_not_cut_a_call_that_continues():
     clock, out, sched, engine, sampler = make()
-    # a staccato player (8ths held 0.2 beat) plays on through the phrase's bar line at beat 8
-    notes = [(i * 0.5, 0.2, 60 + i % 5) for i in range(24)]
+    # a staccato player (8ths held 0.3 beat) plays on through the phrase's bar line at beat 8
+    notes = [(i * 0.5, 0.3, 60 + i % 5) for i in range(24)]
     play(engine, clock, sched, notes)
     assert engine.state is State.CALLING, "the player went on: still a call"
     assert not any(m.channel == 1 for _, m in out.sent), "the planned answer never sounded"
     assert engine.answers == 0
     run_until(engine, clock, sched, clock.now() + 8.0)
     assert engine.answers == 1 and engine.calls == 1
-    # the model heard the whole call as one, as a file would tokenize it
+    # the model heard the whole call as one: staccato 8ths as the 8ths a score would write
     from liveduet.music.tokens import tokenize_notes
 
-    expected = engine.vocab.encode(tokenize_notes([(a, a + b, p) for a, b, p in notes], engine.vocab.settings))
+    written = [(a, a + 0.5, p) for a, _, p in notes]
+    expected = engine.vocab.encode(tokenize_notes(written, engine.vocab.settings))
     assert engine.call.tokens[: len(expected)] == expected
     assert engine.call.tokens[len(expected)] == engine.vocab.rest_id, "then the rest before the answer"
     assert balanced([m for _, m in out.sent])

@@ -35,6 +35,7 @@ from liveduet.errors import VocabularyError
 
 SCHEME = "liveduet-tokens/1"
 TICKS = 12  # grid resolution: twelfths of a beat
+HALF_BEAT = TICKS // 2
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 PAD, BOS, EOS = 0, 1, 2
 SPECIALS = ("<pad>", "<bos>", "<eos>")
@@ -320,9 +321,10 @@ class StreamTokenizer:
     known, so it comes out then; `advance(now)` closes a chord whose window has passed and
     `flush(end)` ends the phrase. The same code serves files (window 0: same tick) and live input
     (window ≈ 30 ms), so training and the daemon see identical tokens. One difference, by design:
-    with `performed=True` (live input) a silence between two notes shorter than half their onset gap
-    (and under a beat) is articulation and lengthens the note instead of becoming a rest; a file's
-    rests are notated rests and stay exact (docs/tokens.md).
+    with `performed=True` (live input) a silence between two notes of at most half their onset gap
+    (and under a beat) is articulation and lengthens the note instead of becoming a rest, and the
+    phrase's last note lasts to the next 8th; a file's rests are notated and stay exact
+    (docs/tokens.md).
     """
 
     def __init__(self, settings: TokenizerSettings, window_beats: float = 0.0, performed: bool = False) -> None:
@@ -390,6 +392,8 @@ class StreamTokenizer:
             if stop is None:
                 stop = onset / TICKS
             stop_q = max(self.s.quantize(stop), self.s.next_grid(onset))
+            if self.performed:  # a phrase's last note, released early: its written value, to the 8th
+                stop_q = -(-stop_q // HALF_BEAT) * HALF_BEAT
             out.append((tuple(sorted(pitches)), min(stop_q - onset, self.s.max_duration)))
             self.current = None
         self.pending = None
@@ -416,7 +420,8 @@ class StreamTokenizer:
         end = onset
         if release is not None:
             end = min(max(self.s.quantize(release), self.s.next_grid(cur_onset)), onset)
-            if self.performed and 2 * (onset - end) < onset - cur_onset and onset - end < TICKS:
+            gap = onset - release * TICKS  # twelfths of silence, unquantised
+            if self.performed and 2 * gap <= onset - cur_onset and gap < TICKS:
                 # Articulation, not a rest: a staccato 8th is still an 8th, as a score writes it.
                 # Without this, live playing (notes held 60-95 % of their length) turned straight
                 # 8ths into triplets and 16th rests the model never saw in its (legato) training scores.
