@@ -33,3 +33,7 @@ class PortNotFoundError(LiveduetError):
 
 class MidiBackendError(LiveduetError):
     """The MIDI backend (ALSA sequencer, JACK server) is unavailable."""
+
+
+class OutputPathError(LiveduetError):
+    """An output file cannot be written there: missing or read-only folder, a folder in its place."""

@@ -9,6 +9,7 @@ silent (the call/answer turn), or when a part plays again after a long silence o
 from __future__ import annotations
 
 import bisect
+import io
 import os
 from collections import defaultdict, deque
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import mido
 
-from liveduet.errors import LiveduetError, MidiFileError
+from liveduet.errors import LiveduetError, MidiFileError, OutputPathError
+from liveduet.fsutil import check_output_file, os_error_line, write_atomic
 from liveduet.music.midifile import MAX_BYTES
 from liveduet.music.tokens import pitch_name
 
@@ -154,8 +156,7 @@ def draw_report(midi: str | os.PathLike[str], out: str | os.PathLike[str], force
     from matplotlib.patches import Patch
 
     midi, out = Path(midi), Path(out)
-    if out.exists() and not force:
-        raise LiveduetError(f"{out} exists (use --force to overwrite)")
+    check_output_file(out, "the report", force=force)
     notes = read_notes(midi)
     if not notes:
         raise LiveduetError(f"{midi} has no notes to draw")
@@ -192,14 +193,12 @@ def draw_report(midi: str | os.PathLike[str], out: str | os.PathLike[str], force
                   bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
         ax.set_title(title_for(midi.name, notes, phrases), fontsize=10, pad=16)
         fig.tight_layout()
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.png")
+        png = io.BytesIO()
+        fig.savefig(png, format="png")
         try:
-            fig.savefig(tmp, format="png")
-            os.replace(tmp, out)
+            write_atomic(out, png.getvalue())  # whole or not at all, with a normal file mode
         except OSError as err:
-            raise LiveduetError(f"cannot write {out}: {err.strerror or err}") from err
-        finally:
-            tmp.unlink(missing_ok=True)
+            raise OutputPathError(f"cannot write {out}: {os_error_line(err)}") from err
     finally:
         plt.close(fig)
     return out
