@@ -35,10 +35,26 @@ class MidiNotes:
     pedal: list[tuple[float, bool]] = field(default_factory=list)  # (beat, down)
     tempos: list[tuple[float, float]] = field(default_factory=list)  # (beat, bpm)
     drum_notes: int = 0
+    end_beat: float = 0.0  # where the last event of any kind (end of track included) lies
 
     @property
     def first_bpm(self) -> float:
         return self.tempos[0][1] if self.tempos else 120.0
+
+    def seconds_at(self, beat: float) -> float:
+        """`beat` in seconds through the tempo map (120 bpm until the first tempo event)."""
+        seconds, at, bpm = 0.0, 0.0, 120.0
+        for change, new_bpm in self.tempos:
+            if change >= beat:
+                break
+            seconds += (change - at) * 60.0 / bpm
+            at, bpm = change, new_bpm
+        return seconds + (beat - at) * 60.0 / bpm
+
+    @property
+    def seconds(self) -> float:
+        """How long the file plays, trailing silence included (what a renderer writes)."""
+        return self.seconds_at(self.end_beat)
 
 
 def _unwrap(data: bytes) -> bytes:
@@ -97,6 +113,7 @@ def parse_midi(data: bytes, max_seconds: float = MAX_SECONDS) -> MidiNotes:
     # (a repeated note ends, then strikes again), and the offs of zero-length notes last.
     raw: list[tuple[int, int, int, int]] = []
     drum_notes = 0
+    end_tick = 0
     pos = 8 + hlen
     found = 0
     while found < ntracks and pos + 8 <= len(data):
@@ -130,6 +147,7 @@ def parse_midi(data: bytes, max_seconds: float = MAX_SECONDS) -> MidiNotes:
             tick += delta
             if tick > max_tick:
                 raise MidiFileError(f"an event lies {tick // tpb} beats in (cap {MAX_BEATS}): broken delta time")
+            end_tick = max(end_tick, tick)
             if i >= body_end:
                 raise MidiFileError(f"track {found} ends after a delta time")
             b = data[i]
@@ -199,7 +217,7 @@ def parse_midi(data: bytes, max_seconds: float = MAX_SECONDS) -> MidiNotes:
         raise MidiFileError("no tracks")
 
     raw.sort()
-    out = MidiNotes(ticks_per_beat=tpb, drum_notes=drum_notes)
+    out = MidiNotes(ticks_per_beat=tpb, drum_notes=drum_notes, end_beat=end_tick / tpb)
     open_at: dict[int, list[int]] = {}
     pedal_down = False
     for tick, _, kind, value in raw:
