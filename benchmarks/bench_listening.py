@@ -33,15 +33,18 @@ from liveduet.music.dataset import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
-WAVE1 = {"answer": {"memory": "session", "follow": 0.0, "follow_rhythm": 0.0, "mirror": False, "velocity_spread": 6,
-                    "start_margin_s": 0.05}, "phrase": {"early_entry": False}}
+WAVE1 = {"answer": {"memory": "session", "follow": 0.0, "follow_rhythm": 0.0, "follow_register": 0.0,
+                    "mirror": False, "velocity_spread": 6, "start_margin_s": 0.05}, "phrase": {"early_entry": False}}
 SWEEP: list[tuple[str, dict]] = [
     ("wave 1 (session, no bias, no mirroring, silence end)", WAVE1),
     ("defaults", {}),
     ("early entry off (1.5 beats of silence)", {"phrase": {"early_entry": False}}),
     ("memory = session", {"answer": {"memory": "session"}}),
     ("memory = call", {"answer": {"memory": "call"}}),
-    ("follow = 0, follow_rhythm = 0 (model alone)", {"answer": {"follow": 0.0, "follow_rhythm": 0.0}}),
+    ("no follow biases (the model alone)", {"answer": {"follow": 0.0, "follow_rhythm": 0.0,
+                                                       "follow_register": 0.0}}),
+    ("follow_register = 0", {"answer": {"follow_register": 0.0}}),
+    ("follow_register = 2", {"answer": {"follow_register": 2.0}}),
     ("follow_rhythm = 0", {"answer": {"follow_rhythm": 0.0}}),
     ("follow_rhythm = 2", {"answer": {"follow_rhythm": 2.0}}),
     ("follow_rhythm = 3", {"answer": {"follow_rhythm": 3.0}}),

@@ -44,26 +44,29 @@ def test_entering_transitions():
 # ---- entry prediction (pure) -------------------------------------------------------------------------
 
 def test_entry_on_the_phrase_bar_line():
-    def e(released, now, gap=0.0):
-        return entry.entry_beat(released, now, 0.1, 0.03, 4, 0.75, usual_gap=gap)
+    def e(onset, released, now, articulation=1.0):
+        return entry.entry_beat(onset, released, now, 0.1, 0.03, 4, 0.75, articulation)
 
-    # legato (no usual gap): released 0.1 beat before bar 3 (beat 8); planned as late as the margin allows
-    assert e(7.8, 7.82) is None
-    assert e(7.8, 7.88) == 8 and e(7.8, 7.9) == 8
-    assert e(7.8, 7.91) is None, "too late for the line"
-    # a player whose notes are 0.1 beat apart: a short silence proves nothing; listen through the
+    # legato: the last quarter ends at 7.9, the next note was due then (7.9), did not come: on the line
+    assert e(7, 7.9, 7.85) is None
+    assert e(7, 7.75, 7.88) == 8 and e(7, 7.75, 7.9) == 8
+    assert e(7, 7.75, 7.86) is None, "not yet: as late as the margin allows"
+    assert e(7, 7.85, 7.9) is None, "the implied next note (7.85) is not overdue before the line"
+    # staccato (held 60 %): a quarter at 7 released at 7.6 implies a note on 8: listen through the
     # line, then enter on its "and" (or the next beat when that is too close)
-    assert e(7.85, 7.9, gap=0.1) is None
-    assert e(7.85, 8.05, gap=0.1) is None
-    assert e(7.85, 8.1, gap=0.1) == 8.5
-    assert e(7.85, 8.45, gap=0.1) == 9
-    # clearly stopped before the line: on it
-    assert e(7.5, 7.9, gap=0.1) == 8
+    assert e(7, 7.6, 7.9, 0.6) is None
+    assert e(7, 7.6, 8.05, 0.6) is None
+    assert e(7, 7.6, 8.1, 0.6) == 8.5
+    assert e(7, 7.6, 8.45, 0.6) == 9
+    # the same player shortened the last note: a clear stop before the line, enter on it
+    assert e(7, 7.2, 7.9, 0.6) == 8
     # released just after the line: the next beat
-    assert e(8.2, 8.85) is None and e(8.2, 8.88) == 9
-    # no bar-line entry inside the first phrase (bar 1 of 2): silence decides
-    assert e(3.9, 3.9) is None
-    assert e(3.9, 4.65) == 5
+    assert e(8, 8.2, 8.85) is None and e(8, 8.2, 8.88) == 9
+    # no line inside the first phrase (bar 1 of 2): silence decides, once the implied note is overdue
+    assert e(3, 3.9, 3.9) is None
+    assert e(3, 3.9, 4.65) == 5
+    assert e(2, 3.2, 4.0, 0.6) is None, "a staccato half note: its next note is due at 4, not yet overdue"
+    assert e(2, 3.2, 4.1, 0.6) == 5
 
 
 # ---- context policy -----------------------------------------------------------------------------------

@@ -54,6 +54,9 @@ class ScriptedSampler:
     def follow_durations(self, counts, strength) -> None:
         self.followed_durations = (counts, strength)
 
+    def follow_register(self, mean, spread, strength) -> None:
+        self.followed_register = (mean, spread, strength)
+
 
 @pytest.fixture
 def rig():

@@ -12,6 +12,7 @@ playhead, never all at once, on the player's beat grid (anchored at the call's f
 
 from __future__ import annotations
 
+import bisect
 import copy
 import math
 import random
@@ -39,6 +40,7 @@ from liveduet.music.tokens import TICKS, Event, StreamTokenizer, Vocabulary
 SUSTAIN = 64
 RETEMPO = 0.08  # re-tokenize the call when its estimated tempo differs by more than this share
 SEND_GUARD_S = 0.004  # no sampling this close before a scheduled send (see _send_imminent)
+REGISTER_SPREAD = 1.5  # the answer's register prior is this much wider than the call's spread
 ENTRY_WINDOW_S = 0.015  # a bar-line entry is planned within this long before its margin runs out
 IDLE_BEATS = 8  # no input at all for this long ends a call even with keys down (lost note-offs)
 
@@ -56,6 +58,7 @@ class LiveSampler(Protocol):
     def set_pitch_classes(self, allowed: set[int] | frozenset[int] | None) -> None: ...
     def follow_pitch_classes(self, weights: list[float] | None, strength: float) -> None: ...
     def follow_durations(self, counts: dict[int, float] | None, strength: float) -> None: ...
+    def follow_register(self, mean: float | None, spread: float, strength: float) -> None: ...
 
 
 @dataclass
@@ -411,13 +414,14 @@ class Engine:
         if call.release is None or call.release[0] != self.silent_since:
             bpm = self.bpm if self.grid_fixed else estimate_bpm(call.onsets, call.bpm, self.s.tempo.min_bpm,
                                                                  self.s.tempo.max_bpm)
-            call.release = (self.silent_since, bpm, _usual_gap(call.messages), self._start_margin())
-        _, bpm, gap_s, margin_s = call.release
+            call.release = (self.silent_since, bpm, _articulation(call.messages, self.vocab.settings.chord_window),
+                            self._start_margin())
+        _, bpm, articulation, margin_s = call.release
         anchor = self.grid_t0 if self.grid_t0 is not None else call.t0
         to_beats = bpm / 60.0
-        target = entry.entry_beat((self.silent_since - anchor) * to_beats, (now - anchor) * to_beats,
-                                  margin_s * to_beats, ENTRY_WINDOW_S * to_beats,
-                                  self.s.practice.beats_per_bar, self.s.phrase.entry_silence_beats, gap_s * to_beats)
+        target = entry.entry_beat((call.onsets[-1] - anchor) * to_beats, (self.silent_since - anchor) * to_beats,
+                                  (now - anchor) * to_beats, margin_s * to_beats, ENTRY_WINDOW_S * to_beats,
+                                  self.s.practice.beats_per_bar, self.s.phrase.entry_silence_beats, articulation)
         self.entry_target = target
         return target is not None
 
@@ -476,6 +480,10 @@ class Engine:
         self.sampler.follow_pitch_classes(listening.pc_histogram(notes) if notes else None, a.follow)
         durations = Counter(d for p, d in self.vocab.decode(call.tokens) if p)
         self.sampler.follow_durations(dict(durations), a.follow_rhythm)
+        pitches = [n[2] for n in notes]
+        mean = statistics.fmean(pitches) if pitches else None
+        spread = statistics.pstdev(pitches) if len(pitches) > 1 else 0.0
+        self.sampler.follow_register(mean, spread * REGISTER_SPREAD, a.follow_register)
         if not a.mirror:
             return expression.Expression(articulation=a.articulation)
         return expression.from_call(notes, a.articulation)
@@ -704,21 +712,25 @@ def tokenize_message(tok: StreamTokenizer, beat: float, msg: mido.Message) -> li
     return []
 
 
-def _usual_gap(messages: list[tuple[float, mido.Message]]) -> float:
-    """Median seconds from a moment of silence (all keys up) to the next onset: the player's articulation gap."""
-    down: set[int] = set()
-    gaps, silent = [], None
+def _articulation(messages: list[tuple[float, mido.Message]], chord_window: float) -> float:
+    """The median share of the time to the next onset that the player holds a note (1: legato);
+    1.0 until two onsets are known."""
+    onsets: list[float] = []
+    held: dict[int, float] = {}
+    notes: list[tuple[float, float]] = []  # (onset, release)
     for t, m in messages:
         if m.type == "note_on":
-            if silent is not None and not down:
-                gaps.append(t - silent)
-            down.add(m.note)
-            silent = None
-        elif m.type == "note_off":
-            down.discard(m.note)
-            if not down:
-                silent = t
-    return statistics.median(gaps) if gaps else 0.0
+            if not onsets or t - onsets[-1] > chord_window:
+                onsets.append(t)
+            held[m.note] = t
+        elif m.type == "note_off" and m.note in held:
+            notes.append((held.pop(m.note), t))
+    shares = []
+    for on, off in notes:
+        i = bisect.bisect_right(onsets, on + chord_window)
+        if i < len(onsets):
+            shares.append(min(1.0, (off - on) / (onsets[i] - on)))
+    return statistics.median(shares) if shares else 1.0
 
 
 def summary_pct(sorted_xs: list[float], q: float, scale: float = 1.0) -> float | None:

@@ -1,16 +1,18 @@
 """When the answer comes in: predicting the end of the call, as a partner trading phrases does.
 
-Positions are beats from the call's anchor (its first note, or the session's grid). Checked while
-the player is silent (all keys and pedal up); phrase bar lines come every `PHRASE_BARS` bars from
-the anchor, from the end of the first phrase on:
+Positions are beats from the call's anchor (its first note, or the session's grid), checked while
+the player is silent (all keys and pedal up). A player holds notes for a share of their length (the
+call's *articulation*: ~1 legato, ~0.5 staccato), so the last note's release says when the next note
+would come if the call went on: `expected = onset + held / articulation`. Phrase bar lines come
+every `PHRASE_BARS` bars from the anchor, from the end of the first phrase on.
 
-1. The sound stopped in the last beat before a phrase bar line L, and the silence is clearly longer
-   than the player's usual gap between notes: the phrase ended. Enter on L.
-2. It stopped there, but the silence is no longer than the player's gaps (legato or steady
-   staccato playing: the next note could be due on L). Listen through the line: if nothing comes
-   by L + HEAR, enter on the "and", L + 1/2 (still on the player's grid).
-3. It stopped just after L: enter on L + 1.
-4. Elsewhere: after `silence` beats of silence, enter on the next beat.
+1. The last sound ended within two beats before a phrase bar line L and the note it implies was due
+   well before L and did not come: the phrase ended. Enter on L.
+2. It ended there but the implied next note falls on L or after (the player might be going on):
+   listen through; when nothing has come by then (+ HEAR), enter on the "and", L + 1/2.
+3. It ended just after L: enter on L + 1 once the implied note has not come.
+4. Elsewhere: once the implied note has not come and the silence lasts `silence` beats, enter on the
+   next beat.
 
 Every entry is tentative (the engine's ENTERING state): a note before the answer's first note
 cancels it silently and the call goes on; only a note after the answer sounded is a false end.
@@ -22,31 +24,44 @@ from __future__ import annotations
 import math
 
 PHRASE_BARS = 2  # phrases are usually 2, 4 or 8 bars long
-GAP_FACTOR = 1.5  # a silence this many times the player's usual gap is more than articulation
-HEAR = 0.1  # beats past the line: a player going on would have been heard by then
+HEAR = 0.1  # beats after an expected onset: a player going on would have been heard by then
+BEFORE_LINE = 2.0  # beats: a release this close before a line ends the phrase there
 AFTER_LINE = 0.5  # a release up to this far past a line still counts as ending there
 
 
-def entry_beat(released: float, now: float, margin: float, window: float, beats_per_bar: int, silence: float,
-               usual_gap: float = 0.0) -> float | None:
+def expected_onset(onset: float, released: float, articulation: float) -> float:
+    """Where the next note would come if the player went on in their style (beats)."""
+    return onset + (released - onset) / max(0.25, min(1.0, articulation))
+
+
+def entry_beat(onset: float, released: float, now: float, margin: float, window: float, beats_per_bar: int,
+               silence: float, articulation: float = 1.0) -> float | None:
     """The beat to enter on when it is time to plan it; None to keep listening.
 
-    `released`: when the sound stopped; `now`: the present; `margin`: how far ahead of its first note
-    an answer must be planned; `window`: how early before that a bar-line entry may be planned;
-    `usual_gap`: the call's median silence between a release and the next onset (all in beats from
-    the anchor). Entries are planned as late as they can be, so a player who goes on is heard first."""
+    `onset`/`released`: the last note's start and when the sound stopped; `now`: the present;
+    `margin`: how far ahead of its first note an answer must be planned; `window`: how early before
+    that an entry on a line may be planned; `articulation`: the call's held share (all positions in
+    beats from the anchor). Entries are planned as late as they can be, so a player who goes on is
+    heard first."""
+    expected = expected_onset(onset, released, articulation)
     reachable = math.ceil(now + margin - 1e-9)  # the first beat still far enough ahead
     period = PHRASE_BARS * beats_per_bar
     line = max(period, math.ceil(released / period - 1e-9) * period)
-    if line - 1 <= released < line:
-        if line - margin - window <= now <= line - margin:  # the last moments to plan on the line
-            return line if now - released >= GAP_FACTOR * usual_gap else None
-        if now >= line + HEAR:
+    if line - BEFORE_LINE <= released < line:
+        if expected + HEAR <= line - margin:  # the next note was due before the line
+            if line - margin - window <= now <= line - margin and now >= expected + HEAR:
+                return line
+            if now < line - margin:
+                return None
+        heard = max(line, expected) + HEAR
+        if now >= heard:
             return line + 0.5 if now + margin <= line + 0.5 else reachable
         return None
     past = line - period  # the line just before the release
-    if past >= period and released <= past + AFTER_LINE and now + margin >= past + 1 - window:
-        return max(reachable, past + 1)
-    if now - released >= silence:
+    if past >= period and released <= past + AFTER_LINE:
+        if now >= expected + HEAR and now + margin >= past + 1 - window:
+            return max(reachable, past + 1)
+        return None
+    if now - released >= silence and now >= expected + HEAR:
         return reachable
     return None

@@ -38,6 +38,7 @@ class AnswerSettings:
     max_loop: int = 4  # ... and no figure of 2..8 pitch tokens repeated more often than this in a row (0: off)
     follow: float = 1.0  # bias toward the call's pitch classes (0: off); see model/sampling.py
     follow_rhythm: float = 1.0  # bias toward the call's note durations (0: off)
+    follow_register: float = 1.0  # bias toward the call's register (0: off)
     mirror: bool = True  # velocity contour, articulation and swing follow the call's (live/expression.py)
 
 
@@ -103,6 +104,7 @@ class LiveSettings:
             ("answer.max_loop", a.max_loop, 0 <= a.max_loop <= 64),
             ("answer.follow", a.follow, 0 <= a.follow <= 10),
             ("answer.follow_rhythm", a.follow_rhythm, 0 <= a.follow_rhythm <= 10),
+            ("answer.follow_register", a.follow_register, 0 <= a.follow_register <= 10),
             ("phrase.entry_silence_beats", p.entry_silence_beats, 0.25 <= p.entry_silence_beats <= 16),
             ("tempo.bpm", t.bpm, t.bpm == 0 or 20 <= t.bpm <= 300),
             ("tempo.initial_bpm", t.initial_bpm, 20 <= t.initial_bpm <= 300),

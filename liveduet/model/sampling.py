@@ -40,6 +40,7 @@ from liveduet.model.runtime import ModelRuntime
 from liveduet.music.tokens import BOS, EOS, Event
 
 NEG_INF = float("-inf")
+REGISTER_MIN_SPREAD = 4.0  # semitones: a call on one note still leaves the answer room to move
 FOLLOW_FLOOR = 0.02  # a pitch class absent from the call still has this share: disfavoured, not banned
 
 
@@ -71,6 +72,8 @@ class Sampler:
             self._pcs[i, [p % 12 for p in ps]] = True
         self.pitch_classes: frozenset[int] | None = None
         self._follow: Tensor | None = None  # [V] the call's pitch-class bias, 0 off pitch tokens
+        self._register: Tensor | None = None  # [V] the call's register bias, 0 off pitch tokens
+        self._set_means = torch.tensor([sum(c) / len(c) if c else 0.0 for c in self.vocab.pitchsets])
         self.set_pitch_classes(None)
         self.reset()
 
@@ -115,8 +118,9 @@ class Sampler:
             outside[list(allowed)] = False
             bad = (self._pcs & outside).any(axis=1)  # [pitch sets]; the rest has no pitch class: never bad
             mask[self.vocab.rest_id :][torch.from_numpy(bad)] = NEG_INF
-        if self._follow is not None:
-            mask = mask + self._follow
+        for bias in (self._follow, self._register):
+            if bias is not None:
+                mask = mask + bias
         self._mask_pitch = mask
         self._mask_pitch_eos = mask.clone()
         self._mask_pitch_eos[EOS] = 0.0
@@ -140,6 +144,19 @@ class Sampler:
             bias = torch.zeros(len(self.vocab))
             bias[self.vocab.rest_id :] = torch.from_numpy(strength * per_set).float()
             self._follow = bias
+        self.set_pitch_classes(None if self.pitch_classes is None else set(self.pitch_classes))
+
+    def follow_register(self, mean: float | None, spread: float, strength: float) -> None:
+        """Bias pitch tokens toward a register: each set scores -strength/2 · z², z its mean pitch's
+        distance from `mean` in units of `spread` (semitones, at least REGISTER_MIN_SPREAD) — a
+        Gaussian prior around the call's register. None or strength 0 removes it; rests stay neutral."""
+        if mean is None or strength <= 0:
+            self._register = None
+        else:
+            z = (self._set_means - mean) / max(spread, REGISTER_MIN_SPREAD)
+            bias = torch.zeros(len(self.vocab))
+            bias[self.vocab.rest_id + 1 :] = -0.5 * strength * z[1:] ** 2
+            self._register = bias
         self.set_pitch_classes(None if self.pitch_classes is None else set(self.pitch_classes))
 
     def follow_durations(self, counts: dict[int, float] | None, strength: float) -> None:
