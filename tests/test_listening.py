@@ -63,10 +63,12 @@ def test_entry_on_the_phrase_bar_line():
     # released just after the line: the next beat
     assert e(8, 8.2, 8.85) is None and e(8, 8.2, 8.88) == 9
     # no line inside the first phrase (bar 1 of 2): silence decides, once the implied note is overdue
+    # then listens through the next beat and enters on its "and"
     assert e(3, 3.9, 3.9) is None
-    assert e(3, 3.9, 4.65) == 5
-    assert e(2, 3.2, 4.0, 0.6) is None, "a staccato half note: its next note is due at 4, not yet overdue"
-    assert e(2, 3.2, 4.1, 0.6) == 5
+    assert e(3, 3.9, 4.65) is None and e(3, 3.9, 5.05) is None
+    assert e(3, 3.9, 5.1) == 5.5
+    assert e(2, 3.2, 4.05, 0.6) is None, "a staccato half note: its next note is due at 4, not yet overdue"
+    assert e(2, 3.2, 4.1, 0.6) is None and e(2, 3.2, 5.1, 0.6) == 5.5
 
 
 # ---- context policy -----------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ every `PHRASE_BARS` bars from the anchor, from the end of the first phrase on.
 2. It ended there but the implied next note falls on L or after (the player might be going on):
    listen through; when nothing has come by then (+ HEAR), enter on the "and", L + 1/2.
 3. It ended just after L: enter on L + 1 once the implied note has not come.
-4. Elsewhere: once the implied note has not come and the silence lasts `silence` beats, enter on the
-   next beat.
+4. Elsewhere (a rest inside a phrase is as likely as an end): once the implied note has not come
+   and the silence lasts `silence` beats, listen through the next beat (players restart on a beat)
+   and enter on its "and".
 
 Every entry is tentative (the engine's ENTERING state): a note before the answer's first note
 cancels it silently and the call goes on; only a note after the answer sounded is a false end.
@@ -62,6 +63,8 @@ def entry_beat(onset: float, released: float, now: float, margin: float, window:
         if now >= expected + HEAR and now + margin >= past + 1 - window:
             return max(reachable, past + 1)
         return None
-    if now - released >= silence and now >= expected + HEAR:
-        return reachable
+    likely = max(released + silence, expected + HEAR)
+    beat = math.ceil(likely - 1e-9)
+    if now >= beat + HEAR:
+        return beat + 0.5 if now + margin <= beat + 0.5 else reachable
     return None
