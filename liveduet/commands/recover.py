@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     result = recover(args.journal, args.out, force=args.force)
     note = f", skipped {result.skipped_lines} damaged line(s)" if result.skipped_lines else ""
+    note += f"; {result.note}" if result.note else ""
     print(
         f"recovered {result.events} events ({result.seconds:.1f} s at {result.tempo_bpm:g} bpm) to {result.path}{note}"
     )
