@@ -120,3 +120,18 @@ def os_error_line(err: OSError) -> str:
 
 def disk_full(err: OSError) -> bool:
     return err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def check_output_folder(path: str | os.PathLike[str], what: str = "output") -> Path:
+    """Like `check_output_file`, for a folder that will be created (with its parents) or filled:
+    refuse a file in its place and an unwritable place (the nearest existing folder decides)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"cannot write {what} {path}: it is a file, not a folder")
+    existing = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise OutputPathError(f"cannot write {what} {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        why = "read-only file system" if _read_only(existing) else "permission denied"
+        raise OutputPathError(f"cannot write {what} {path}: {existing} is not writable ({why})")
+    return path

@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from liveduet.errors import ConfigError, MidiFileError
+    from liveduet.errors import ConfigError, MidiFileError, OutputPathError
+    from liveduet.fsutil import check_output_file, os_error_line
     from liveduet.model.runtime import ModelRuntime
     from liveduet.model.sampling import Sampler
     from liveduet.music.midifile import notes_to_midi, read_midi, save_atomic
@@ -40,10 +41,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--tokens must be at least 1, got {args.tokens}")
     if args.bpm is not None and not 10 <= args.bpm <= 400:
         raise ConfigError(f"--bpm must be in 10..400, got {args.bpm}")
-    if args.out.exists() and not args.force:
-        raise MidiFileError(f"{args.out} exists (use --force to overwrite)")
-    if not args.out.parent.is_dir():
-        raise MidiFileError(f"cannot write {args.out}: folder {args.out.parent} does not exist")
+    check_output_file(args.out, "the MIDI file", force=args.force)  # before minutes of sampling
     try:
         runtime = ModelRuntime.load(args.model)
         sampler = Sampler(runtime, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -75,7 +73,10 @@ def run(args: argparse.Namespace) -> int:
     notes = [] if args.answer_only else events_to_notes(primer_events)
     notes += events_to_notes(events, start=0 if args.answer_only else start)
     midi_notes = [(on / TICKS, off / TICKS, pitch, VELOCITY) for on, off, pitch in notes]
-    save_atomic(notes_to_midi(midi_notes, bpm=bpm, track_name="liveduet generate"), args.out, force=args.force)
+    try:
+        save_atomic(notes_to_midi(midi_notes, bpm=bpm, track_name="liveduet generate"), args.out, force=args.force)
+    except OSError as err:  # the disk filled, or the folder went away while sampling
+        raise OutputPathError(f"cannot write {args.out}: {os_error_line(err)}") from err
     print(f"wrote {len(events)} events ({len(answer)} tokens, {sum(d for _, d in events) / TICKS:g} beats at "
           f"{bpm:g} bpm) to {args.out}")
     return 0

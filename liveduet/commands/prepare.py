@@ -18,7 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from liveduet import __version__
-from liveduet.errors import CorpusError, LiveduetError
+from liveduet.errors import CorpusError, LiveduetError, OutputPathError
+from liveduet.fsutil import check_output_folder, os_error_line
 from liveduet.music.corpus import Piece, Result, Task, expand_sources, read_task
 from liveduet.music.dataset import is_validation, write_dataset
 from liveduet.music.tokens import BOS, EOS, TokenizerSettings, Vocabulary, build_vocabulary, transpose_events
@@ -66,6 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True, quiet=args.quiet)
+    check_output_folder(args.out, "the dataset")
     if args.out.exists() and any(args.out.iterdir()) and not args.force:
         raise LiveduetError(f"{args.out} exists and is not empty (use --force to replace it)")
     if args.max_chords < 0:
@@ -128,9 +130,12 @@ def run(args: argparse.Namespace) -> int:
         "skipped": skipped,
         "pieces": listing,
     }
-    if args.out.exists():
-        shutil.rmtree(args.out)
-    write_dataset(args.out, arrays, split, vocab, manifest)
+    try:
+        if args.out.exists():
+            shutil.rmtree(args.out)
+        write_dataset(args.out, arrays, split, vocab, manifest)
+    except OSError as err:  # the disk filled, or the folder changed while reading
+        raise OutputPathError(f"cannot write the dataset {args.out}: {os_error_line(err)}") from err
     _summary(Console(quiet=args.quiet), manifest, args.out)
     return 0
 

@@ -164,6 +164,12 @@ def load_live_settings(path: str | Path | None) -> LiveSettings:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError as err:
         raise ConfigError(f"no config file at {path}") from err
+    except IsADirectoryError as err:
+        raise ConfigError(f"{path} is a folder, not a config file") from err
+    except OSError as err:  # PermissionError and the like
+        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a TOML text file (not UTF-8 at byte {err.start})") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from err
     return _build(LiveSettings(), data, str(path))
