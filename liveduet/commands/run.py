@@ -9,7 +9,8 @@ import threading
 import time
 from pathlib import Path
 
-from liveduet.errors import ConfigError, LiveduetError
+from liveduet.errors import ConfigError, LiveduetError, OutputPathError
+from liveduet.fsutil import os_error_line
 
 EXAMPLES = """examples:
   liveduet run --in Keyboard --out Synth --record session.mid
@@ -78,6 +79,17 @@ def _settings(args: argparse.Namespace):
         raise ConfigError(str(err).replace("override: ", "")) from err
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse output paths that cannot be written, in one line, before anything starts."""
+    from liveduet.fsutil import check_output_file
+    from liveduet.live.recorder import check_recording_path
+
+    if args.record:
+        check_recording_path(args.record, force=args.force)
+    if args.stats:
+        check_output_file(args.stats, "--stats", force=True)  # appended to: it may exist
+
+
 def run(args: argparse.Namespace) -> int:
     from liveduet.io import ports
     from liveduet.live.clock import MonotonicClock
@@ -91,8 +103,7 @@ def run(args: argparse.Namespace) -> int:
     player_events = load_player_file(args.inp) if file_input else None
     if args.virtual and not args.out:
         raise LiveduetError("--virtual needs --out too: the name of the output port to create")
-    if args.record and args.record.exists() and not args.force:
-        raise LiveduetError(f"{args.record} exists (use --force to overwrite, or another name)")
+    check_outputs(args)
 
     say = _logger(args.no_dashboard)
     runtime = ModelRuntime.load(args.model or default_model_dir())
@@ -106,12 +117,25 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         out_port = ports.open_output(backend, args.out, virtual=args.virtual)
     recorder = None
+    running: list = []  # the session, once there is one (the recorder may warn before)
+
+    def warn(line: str) -> None:  # a problem the player should see, without stopping the duet
+        if running:
+            running[0].engine.warnings.append(line)
+        say(line)
+
+    code = 0
     try:
         if args.record:
             recorder = Recorder(args.record, force=args.force, clock=clock,
-                                tempo_bpm=settings.tempo.bpm or settings.tempo.initial_bpm)
-        session = Session(settings, runtime.vocab, sampler, clock, recorder, args.stats, say, args.seed,
-                          input_name=args.inp, output_name=getattr(out_port, "name", "") if out_port else "(none)")
+                                tempo_bpm=settings.tempo.bpm or settings.tempo.initial_bpm, on_warning=warn)
+        try:
+            session = Session(settings, runtime.vocab, sampler, clock, recorder, args.stats, say, args.seed,
+                              input_name=args.inp,
+                              output_name=getattr(out_port, "name", "") if out_port else "(none)")
+        except OSError as err:  # the --stats file, checked above, went away since
+            raise OutputPathError(f"cannot open --stats {args.stats}: {os_error_line(err)}") from err
+        running.append(session)
         session.set_output(out_port)
         session.start()
         in_port = player = None
@@ -122,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
             in_port = ports.open_input(backend, args.inp, session.listener.callback, virtual=args.virtual)
             session.input_name = in_port.name
             held["input"] = in_port
-        watchers = _watch(backend, args, session, say, held) if backend is not None and not args.virtual else []
+        watchers = _watch(backend, args, session, say, held, out_port) if backend is not None and not args.virtual \
+            else []
         say(f"listening on {session.input_name}, answering on {session.output_name}"
             + (f", recording to {args.record}" if args.record else ""))
         if player is not None:
@@ -136,22 +161,35 @@ def run(args: argparse.Namespace) -> int:
             player.stop()
         if locals().get("held") and held.get("input") is not None:
             held["input"].close()
-        if "session" in locals():
+        if running:
             session.stop()
             port = session.take_output()
         else:
             port = out_port
         if port is not None:
             port.close()
-        if "session" in locals():
+        if running:
             recorder = session.recorder  # the one running now: `r` in the dashboard may have swapped it
         if recorder is not None:
-            recorder.stop()
-            path = recorder.finish(tempo_bpm=session.engine.bpm if "session" in locals() else None)
-            say(f"recorded {path}")
-    if "session" in locals():
+            code = _finish_recording(recorder, session.engine.bpm if running else None, say) or code
+    if running:
         _print_summary(session.summary(), args.record, args.no_dashboard)
     return code
+
+
+def _finish_recording(recorder, bpm: float | None, say) -> int:
+    """Save the recording; an error saving it is said in one line (exit 2) and the summary still follows."""
+    recorder.stop()
+    try:
+        path = recorder.finish(tempo_bpm=bpm)
+    except LiveduetError as err:
+        say(f"error: {err}")
+        return err.exit_code
+    if recorder.saved_until is not None:
+        say(f"recorded {path}: only its first {recorder.saved_until:.1f} s (the disk was full)")
+    else:
+        say(f"recorded {path}")
+    return 0
 
 
 def _print_summary(summary: dict, record: Path | None, plain: bool) -> None:
@@ -210,8 +248,9 @@ def _wait(args: argparse.Namespace, session, player, say) -> int:
     return 0
 
 
-def _watch(backend, args, session, say, held: dict) -> list:
-    """Hot-plug: one poller per direction (a device often has an input and an output of one name)."""
+def _watch(backend, args, session, say, held: dict, out_port=None) -> list:
+    """Hot-plug: one poller per direction, each watching the port it holds (a device often has an
+    input and an output of one name). A MIDI file as input has no port to watch."""
     from liveduet.io import ports
 
     def lost(kind: str, name: str) -> None:
@@ -226,8 +265,6 @@ def _watch(backend, args, session, say, held: dict) -> list:
                 if old is not None:
                     old.close()
                 session.set_output(ports.open_output(backend, name), name)
-            elif not held:
-                return  # a file plays the player: nothing to reconnect
             else:
                 # The connection died with the device (JACK and ALSA alike): open anew, then close
                 # the old port; the listener is the same, so nothing downstream notices.
@@ -243,16 +280,24 @@ def _watch(backend, args, session, say, held: dict) -> list:
 
     watchers = []
     lister = ports.PortLister(backend)
-    for kind, query in (("input", args.inp), ("output", args.out)):
-        if not query:
-            continue
+    for kind, query, port in watched_ports(args, held.get("input"), out_port):
         watcher = ports.PortWatcher(
-            lambda k=kind: lister.names(k), [query],
+            lambda k=kind: lister.names(k), {query: port.name},
             on_lost=lambda n, k=kind: lost(k, n), on_back=lambda n, k=kind: back(k, n), kind=kind,
         )
         watcher.start()
         watchers.append(watcher)
     return watchers
+
+
+def watched_ports(args: argparse.Namespace, in_port, out_port) -> list[tuple[str, str, object]]:
+    """(kind, what the user typed, the open port) for each connection hot-plug should watch: the
+    ports we opened, by the names they were opened as. A file input opened none; our own virtual
+    ports cannot be unplugged."""
+    if args.virtual:
+        return []
+    return [(kind, query, port) for kind, query, port in (("input", args.inp, in_port), ("output", args.out, out_port))
+            if port is not None and query]
 
 
 def _logger(plain: bool):

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import mido
@@ -169,11 +169,18 @@ def _open(backend: mido.Backend, kind: str, name: str, virtual: bool, **kwargs: 
         raise _backend_error(backend, err) from err
 
 
+_UNRESOLVED = object()  # a query given without the name of the port opened for it
+
+
 class PortWatcher(Worker):
     """Background poller that notices ports vanishing and coming back (rtmidi raises nothing on unplug).
 
-    Watches queries, not exact names: an ALSA device gets a new client number when replugged, so
-    `on_back` receives the name the query matches now. Listing ports is slow on JACK, hence a thread.
+    It watches the port it holds, not a name: while connected, the exact name of the port that was
+    opened (`queries` as {query: opened name}) is lost only when that name leaves the list — another
+    client opening a port of a similar name (which makes the query ambiguous) changes nothing. While
+    lost it looks for the query again, since an ALSA device gets a new client number when replugged:
+    `on_back` receives the one name the query matches now (an ambiguous query stays lost). A plain
+    list of queries is resolved at the first poll. Listing ports is slow on JACK, hence a thread.
     """
 
     thread_name = "liveduet-portwatch"
@@ -181,7 +188,7 @@ class PortWatcher(Worker):
     def __init__(
         self,
         list_names: Callable[[], list[str]],
-        queries: Iterable[str],
+        queries: Iterable[str] | Mapping[str, str],
         on_lost: Callable[[str], None],
         on_back: Callable[[str], None],
         interval: float = 1.5,
@@ -192,10 +199,19 @@ class PortWatcher(Worker):
         self._on_back = on_back
         self._interval = interval
         self._kind = kind
-        # query -> name it matched last time, or None while lost. Assume present at start: the
+        # query -> exact name of the port held, None while lost, or _UNRESOLVED. Present at start: the
         # session opened the ports just before starting the watcher.
-        self._state: dict[str, str | None] = {q: q for q in queries}
+        self._state: dict[str, object] = (
+            dict(queries) if isinstance(queries, Mapping) else dict.fromkeys(queries, _UNRESOLVED)
+        )
+        self._last: dict[str, str] = {}  # query -> the name it held before it was lost
         Worker.__init__(self)
+
+    def _match(self, query: str, names: list[str]) -> str | None:
+        try:
+            return match_port(query, names, self._kind)
+        except PortNotFoundError:  # absent, or ambiguous: no port to call ours
+            return None
 
     def poll_once(self, names: list[str] | None = None) -> list[tuple[str, str]]:
         """Compare the current port list with the last; fire callbacks; return [(event, name)]."""
@@ -206,18 +222,25 @@ class PortWatcher(Worker):
                 log.warning("listing MIDI ports failed: %s", err)
                 names = []
         events: list[tuple[str, str]] = []
-        for query, last in self._state.items():
-            try:
-                now: str | None = match_port(query, names, self._kind)
-            except PortNotFoundError:
-                now = None
-            if last is not None and now is None:
-                events.append(("lost", last))
-                self._on_lost(last)
-            elif last is None and now is not None:
-                events.append(("back", now))
-                self._on_back(now)
-            self._state[query] = now
+        for query, held in list(self._state.items()):
+            if held is None:  # lost: is the device back (under its old name, or a new client number)?
+                last = self._last.get(query)
+                now = last if last in names else self._match(query, names)
+                if now is not None:
+                    self._state[query] = now
+                    events.append(("back", now))
+                    self._on_back(now)
+                continue
+            if held is _UNRESOLVED:
+                now = self._match(query, names)
+                if now is None and any(query.strip().casefold() in n.casefold() for n in names):
+                    continue  # ambiguous before we knew which port is ours: cannot tell
+                held = self._state[query] = now or query
+            if held not in names:
+                self._state[query] = None
+                self._last[query] = held
+                events.append(("lost", held))
+                self._on_lost(held)
         return events
 
     def _run(self) -> None:
@@ -226,5 +249,3 @@ class PortWatcher(Worker):
                 self.poll_once()
             except Exception:  # a callback bug must not end hot-plug detection
                 log.exception("port watcher callback failed")
-
-
