@@ -3,11 +3,19 @@
 Hygiene messages (clock, transport, sysex, reset, active sensing, MTC …) are dropped here so no
 later stage — the model, the thru path, the recording — ever sees them. Transport messages can go to
 an optional `on_clock` hook for a future MIDI-clock follower.
+
+Invariant: every note-on that gets into the queue gets its note-off in too, whatever the load.
+Under overload (the consumer behind, the queue nearly full) note-ons and other optional messages
+are dropped first; the last eighth of the queue is kept for what ends a sound — the note-off of a
+note that got in, the release of a pedal that got in, all-notes-off on a channel with something
+sounding — and those are never dropped (there can be at most one per sounding note and pedal, so
+the queue stays bounded). The note-off of a note-on that was dropped is optional itself.
 """
 
 from __future__ import annotations
 
-import queue
+import threading
+from collections import Counter, deque
 from collections.abc import Callable
 
 import mido
@@ -37,11 +45,50 @@ def clean(msg: mido.Message) -> mido.Message | None:
     return msg
 
 
+class Inbox:
+    """A bounded FIFO of `(t, message)` between the rtmidi thread and the router thread.
+
+    `put(item, essential)` admits anything while fewer than `maxsize - reserve` items wait, then only
+    essential items, which are always admitted (the Listener bounds how many there can be)."""
+
+    def __init__(self, maxsize: int, reserve: int) -> None:
+        self.maxsize = maxsize
+        self.reserve = reserve
+        self._items: deque[Stamped] = deque()
+        self._ready = threading.Condition(threading.Lock())
+
+    def put(self, item: Stamped, essential: bool = False) -> bool:
+        with self._ready:
+            if not essential and len(self._items) >= self.maxsize - self.reserve:
+                return False
+            self._items.append(item)
+            self._ready.notify()
+            return True
+
+    def get(self, timeout: float | None = None) -> Stamped | None:
+        with self._ready:
+            if not self._ready.wait_for(lambda: self._items, timeout):
+                return None
+            return self._items.popleft()
+
+    def get_nowait(self) -> Stamped | None:
+        with self._ready:
+            return self._items.popleft() if self._items else None
+
+    def qsize(self) -> int:
+        with self._ready:
+            return len(self._items)
+
+    def empty(self) -> bool:
+        return self.qsize() == 0
+
+
 class Listener:
     """Stamps incoming messages with `clock.now()` into a bounded queue of `(t, message)`.
 
-    Pass `listener.callback` as the port callback. When the consumer falls behind, new messages are
-    dropped and counted rather than growing memory without bound.
+    Pass `listener.callback` as the port callback. When the consumer falls behind, optional messages
+    are dropped and counted rather than growing memory without bound; see the module doc for what
+    is never dropped.
     """
 
     def __init__(
@@ -51,10 +98,15 @@ class Listener:
         on_clock: Callable[[float, mido.Message], None] | None = None,
     ) -> None:
         self._clock = clock
-        self.queue: queue.Queue[Stamped] = queue.Queue(maxsize)
+        self.queue = Inbox(maxsize, reserve=maxsize // 8)
         self.on_clock = on_clock
         self.dropped = 0  # queue full
         self.filtered = 0  # hygiene messages
+        # What has got in and not yet ended. A lock, since for a moment during a reconnect two
+        # ports (two rtmidi threads) may feed one listener.
+        self._admit_lock = threading.Lock()
+        self._sounding: Counter[tuple[int, int]] = Counter()  # (channel, note) -> note-ons in
+        self._pedal_down: set[int] = set()  # channels whose sustain pedal went down
 
     def callback(self, msg: mido.Message) -> None:
         """Runs on rtmidi's thread: stamp first (the stamp is the point of being fast), then enqueue."""
@@ -65,25 +117,49 @@ class Listener:
             if self.on_clock is not None and msg.type in CLOCK_TYPES:
                 self.on_clock(t, msg)
             return
-        try:
-            # The original goes on, so thru can pass the player's bytes unchanged; consumers that
-            # need the normalised form call `clean` (the session does before the engine).
-            self.queue.put_nowait((t, msg))
-        except queue.Full:
-            self.dropped += 1
+        # The original goes on, so thru can pass the player's bytes unchanged; consumers that
+        # need the normalised form call `clean` (the session does before the engine).
+        with self._admit_lock:
+            if self.queue.put((t, msg), self._ends_a_sound(kept)):
+                self._admitted(kept)
+            else:
+                self.dropped += 1
+
+    def _ends_a_sound(self, msg: mido.Message) -> bool:
+        """Whether dropping `msg` could leave a sound hanging (a stuck note, a held pedal)."""
+        if msg.type == "note_off":
+            return self._sounding[(msg.channel, msg.note)] > 0
+        if msg.type == "control_change":
+            if msg.control == 64 and msg.value < 64:
+                return msg.channel in self._pedal_down
+            if msg.control in (120, 123):  # all sound off, all notes off
+                return msg.channel in self._pedal_down or any(
+                    n > 0 for (ch, _), n in self._sounding.items() if ch == msg.channel)
+        return False
+
+    def _admitted(self, msg: mido.Message) -> None:
+        if msg.type == "note_on":
+            self._sounding[(msg.channel, msg.note)] += 1
+        elif msg.type == "note_off":
+            key = (msg.channel, msg.note)
+            if self._sounding[key] > 0:
+                self._sounding[key] -= 1
+            if not self._sounding[key]:
+                del self._sounding[key]
+        elif msg.type == "control_change":
+            if msg.control == 64:
+                (self._pedal_down.add if msg.value >= 64 else self._pedal_down.discard)(msg.channel)
+            elif msg.control in (120, 123):
+                for key in [k for k in self._sounding if k[0] == msg.channel]:
+                    del self._sounding[key]
 
     def get(self, timeout: float | None = None) -> Stamped | None:
         """Next `(t, message)`, or None if none arrives within `timeout` seconds."""
-        try:
-            return self.queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        return self.queue.get(timeout=timeout)
 
     def drain(self) -> list[Stamped]:
         """Everything queued now, without waiting."""
         out: list[Stamped] = []
-        while True:
-            try:
-                out.append(self.queue.get_nowait())
-            except queue.Empty:
-                return out
+        while (item := self.queue.get_nowait()) is not None:
+            out.append(item)
+        return out
