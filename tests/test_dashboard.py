@@ -13,6 +13,7 @@ from dataclasses import replace
 import pytest
 from rich.console import Console
 
+from liveduet.live import commands
 from liveduet.live.engine import EngineSnapshot
 from liveduet.live.session import SessionSnapshot
 from liveduet.ui import dashboard
@@ -254,6 +255,16 @@ class FakeSession:
     def toggle_recording(self) -> str:
         self.recording = not getattr(self, "recording", False)
         return "recording to x.mid" if self.recording else "recorded x.mid"
+
+    def send(self, cmd: commands.Command) -> str | None:
+        """The session's one entry for commands, dispatched as the real one does."""
+        if isinstance(cmd, commands.Panic):
+            self.panic()
+        elif isinstance(cmd, commands.SetTemperature):
+            self.set_temperature(cmd.value)
+        elif isinstance(cmd, commands.Record):
+            return self.toggle_recording()
+        return None
 
 
 def test_keys() -> None:

@@ -12,97 +12,43 @@ playhead, never all at once, on the player's beat grid (anchored at the call's f
 
 from __future__ import annotations
 
-import bisect
 import copy
 import math
 import random
 import statistics
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
 import mido
 
-from liveduet.live import entry, expression, memory
+from liveduet.live import commands, entry, expression, memory
+from liveduet.live.answer import (
+    SUSTAIN,
+    Answer,
+    AnswerPlayer,
+    Call,
+    LiveSampler,
+    articulation_of,
+    call_notes,
+    listen,
+    summary_pct,
+    tokenize_message,
+)
 from liveduet.live.clock import Clock
+from liveduet.live.grid import Grid
 from liveduet.live.listener import CLOCK_TYPES
-from liveduet.live.midiclock import MidiClockFollower
 from liveduet.live.phrase import Action, Input, State, transition
-from liveduet.live.scheduler import Scheduler, percentile
+from liveduet.live.scheduler import Scheduler
 from liveduet.live.settings import LiveSettings
 from liveduet.live.tempo import estimate_bpm
-from liveduet.music import listening
 from liveduet.music.theory import best_major, major_scale, scale_name
 from liveduet.music.tokens import TICKS, Event, StreamTokenizer, Vocabulary
 
-SUSTAIN = 64
 RETEMPO = 0.08  # re-tokenize the call when its estimated tempo differs by more than this share
-SEND_GUARD_S = 0.004  # no sampling this close before a scheduled send (see _send_imminent)
-REGISTER_SPREAD = 1.5  # the answer's register prior is this much wider than the call's spread
 ENTRY_WINDOW_S = 0.015  # a bar-line entry is planned within this long before its margin runs out
 IDLE_BEATS = 8  # no input at all for this long ends a call even with keys down (lost note-offs)
-
-
-class LiveSampler(Protocol):
-    """What the engine needs of the model's sampler (liveduet.model.sampling.Sampler)."""
-
-    temperature: float
-
-    def feed(self, token: int) -> None: ...
-    def reset(self) -> None: ...
-    def sample_event(self) -> Event: ...
-    def checkpoint(self) -> object: ...
-    def restore(self, checkpoint: object) -> None: ...
-    def set_pitch_classes(self, allowed: set[int] | frozenset[int] | None) -> None: ...
-    def follow_pitch_classes(self, weights: list[float] | None, strength: float) -> None: ...
-    def follow_durations(self, counts: dict[int, float] | None, strength: float) -> None: ...
-    def follow_register(self, mean: float | None, spread: float, strength: float) -> None: ...
-
-
-@dataclass
-class Call:
-    t0: float  # first note, seconds
-    bpm: float  # tempo its tokens were made with
-    messages: list[tuple[float, mido.Message]] = field(default_factory=list)
-    tokens: list[int] = field(default_factory=list)
-    velocities: list[int] = field(default_factory=list)
-    onsets: list[float] = field(default_factory=list)
-    checkpoint: object = None  # the sampler before the call: to re-prime at another tempo
-    resume: tuple | None = None  # everything END_CALL changed, to undo it if the call goes on (ENTERING)
-    release: tuple[float, ...] | None = None  # (silence start, tempo, usual gap s, margin s): entry planning
-
-
-@dataclass
-class Answer:
-    number: int
-    tag: str
-    start: float  # seconds: a beat of the player's grid
-    period: float  # seconds per beat
-    target: int  # length, twelfths of a beat
-    velocity: int
-    phrase_end: float
-    pos: int = 0  # twelfths generated so far
-    first_pos: int = 0  # where the first note may sound: 6 when entering on the "and" of the beat
-    tokens: list[int] = field(default_factory=list)
-    first_due: float | None = None
-    first_sent: float | None = None
-    lateness: list[float] = field(default_factory=list)
-    step_ms: list[float] = field(default_factory=list)
-    echo: list[Event] | None = None  # echo mode: the call's events, played back instead of sampled
-    expr: expression.Expression = field(default_factory=expression.Expression)
-
-    def beat_time(self, twelfths: float) -> float:
-        """When a position of the answer sounds: on the grid, swung as the call was."""
-        return self.start + self.expr.warp(twelfths / TICKS) * self.period
-
-    @property
-    def end(self) -> float:
-        return self.start + self.pos / TICKS * self.period
-
-    def time_of(self, twelfths: float) -> float:
-        return self.start + twelfths / TICKS * self.period
 
 
 @dataclass(frozen=True)
@@ -163,25 +109,25 @@ class Engine:
         self.last_answer_tokens: list[int] = []
         self.last_profile: memory.CallProfile | None = None  # the previous call's key and register
         self.entry_target: int | None = None  # the beat a likely end was planned on
-        self.calls = self.answers = self.player_notes = self.answer_notes = 0
-        self.step_ms: deque[float] = deque(maxlen=2000)
+        self.calls = self.answers = self.player_notes = 0
+        self.player = AnswerPlayer(settings, vocab, sampler, scheduler, self.rng, clock)
+        self.step_ms = self.player.step_ms
         self.warnings: deque[str] = deque(maxlen=5)
         self.mode = settings.practice.mode
         self.lock: str | None = None
-        self.midi_clock = MidiClockFollower() if settings.tempo.follow_clock else None
-        # A global beat grid (metronome, count-in, MIDI clock): calls and answers sit on it.
-        self.grid_t0: float | None = None
-        self.next_click = 0
-        self.clicks_until: int | None = None  # last click index to play (count-in only), None: forever
+        self.grid = Grid(settings, log)  # count-in, metronome, MIDI clock: calls and answers sit on it
+
+    @property
+    def answer_notes(self) -> int:
+        return self.player.notes
 
     def start(self, now: float) -> None:
         """The session starts: a count-in and/or the metronome put a beat grid in place."""
-        r = self.s.practice
-        if r.count_in_bars or r.metronome:
-            self.grid_t0 = now + 0.3
-            self.next_click = 0
-            self.clicks_until = None if r.metronome else r.count_in_bars * r.beats_per_bar - 1
-            self.log(f"{'count-in' if r.count_in_bars else 'metronome'} at {self.bpm:.0f} bpm")
+        self.grid.start(now, self.bpm)
+
+    @property
+    def grid_t0(self) -> float | None:
+        return self.grid.t0
 
     @property
     def grid_fixed(self) -> bool:
@@ -192,27 +138,16 @@ class Engine:
     def handle(self, t: float, msg: mido.Message) -> None:
         """One message from the player (already stamped, hygiene already filtered)."""
         if msg.type in CLOCK_TYPES:
-            self._follow_clock(t, msg)
+            bpm = self.grid.follow(t, msg)
+            if bpm is not None:
+                self.bpm = min(self.s.tempo.max_bpm, max(self.s.tempo.min_bpm, bpm))
             return
         self.last_input = t
-        c = self.s.controls
+        cmd = commands.from_control(msg, self.s, self.vocab.settings.min_pitch)
+        if cmd is not None:
+            self.command(cmd, t)
+            return
         if msg.type == "control_change":
-            if msg.control == c.lock_cc:
-                self._lock(self._call_key() if msg.value >= 64 else None)
-                return
-            if msg.control == c.temperature_cc:
-                self.set_temperature(0.1 + 1.9 * msg.value / 127)
-                return
-            if msg.control == c.length_cc:
-                self.length_ratio = round(0.25 + 1.75 * msg.value / 127, 2)
-                return
-            if msg.control == c.panic_cc:
-                self._apply(Input.PANIC, t, msg)
-                return
-            if self.s.phrase.end_gesture == "cc" and msg.control == self.s.phrase.end_cc:
-                if msg.value >= 64 and self.state is State.CALLING:
-                    self._apply(Input.END_GESTURE, t, msg)
-                return
             if msg.control == SUSTAIN:
                 down = msg.value >= 64
                 released = self.pedal and not down
@@ -222,10 +157,7 @@ class Engine:
                     self._apply(Input.END_GESTURE, t, msg)
             return
         if msg.type in ("note_on", "note_off") and not self._in_range(msg.note):
-            # Beyond a piano's 88 keys: keyswitches (and test probes), passed thru, never a call.
-            if msg.type == "note_on" and c.keyswitches and msg.note < self.vocab.settings.min_pitch:
-                self._lock(msg.note if msg.note < 12 else None)
-            return
+            return  # beyond a piano's 88 keys (keyswitches above, test probes): passed thru, never a call
         if msg.type == "note_on":
             self.keys.add((msg.channel, msg.note))
             self.silent_since = None
@@ -237,17 +169,32 @@ class Engine:
             self._update_silence(t)
             self._apply(Input.NOTE_OFF, t, msg)
 
+    def command(self, cmd: commands.Command, t: float) -> None:
+        """A command from any control surface (live/commands.py), on the engine thread."""
+        if isinstance(cmd, commands.SetTemperature):
+            self.set_temperature(cmd.value)
+        elif isinstance(cmd, commands.SetLength):
+            self.length_ratio = commands.clamp(cmd.ratio, commands.LENGTH_RANGE)
+        elif isinstance(cmd, commands.SetMode):
+            if cmd.mode in commands.MODES:
+                self.mode = cmd.mode  # from the next call on
+        elif isinstance(cmd, commands.LockScale):
+            self._lock(self._call_key() if cmd.tonic == commands.CALL_KEY else cmd.tonic)
+        elif isinstance(cmd, commands.Panic):
+            self._apply(Input.PANIC, t, None)
+        elif isinstance(cmd, commands.EndCall) and self.state is State.CALLING:
+            self._apply(Input.END_GESTURE, t, None)
+
     def set_temperature(self, value: float) -> None:
-        self.temperature = round(min(2.0, max(0.1, value)), 2)
+        self.temperature = commands.clamp(value, commands.TEMPERATURE_RANGE)
         self.sampler.temperature = self.temperature
 
     def panic(self, t: float) -> None:
-        self._apply(Input.PANIC, t, None)
+        self.command(commands.Panic(), t)
 
     def tick(self, now: float) -> None:
         """Time passes: close chords, detect the end of the call, generate ahead, finish answers."""
-        if self.grid_t0 is not None:
-            self._click(now)
+        self.grid.click(now, self.bpm, self.s.answer.lookahead_s, self.scheduler)
         if self.state is State.CALLING and self.call is not None:
             self._feed(self.tokenizer.advance(self._beat(now)))
             beat = 60.0 / self.bpm
@@ -316,9 +263,7 @@ class Engine:
         if self.s.answer.memory == "call":
             self.sampler.reset()  # this call is heard from a fresh state
         checkpoint = self.sampler.checkpoint()
-        if self.grid_t0 is not None:  # the call's beats are the grid's beats, not its first note's
-            period = 60.0 / self.bpm
-            t = self.grid_t0 + math.floor((t - self.grid_t0) / period + 0.1) * period
+        t = self.grid.snap(t, self.bpm)  # on a grid, the call's beats are the grid's beats
         self.call = Call(t0=t, bpm=self.bpm, checkpoint=checkpoint)
         self.tokenizer = StreamTokenizer(self.vocab.settings, self._window_beats(self.bpm), performed=True)
 
@@ -414,7 +359,7 @@ class Engine:
         if call.release is None or call.release[0] != self.silent_since:
             bpm = self.bpm if self.grid_fixed else estimate_bpm(call.onsets, call.bpm, self.s.tempo.min_bpm,
                                                                  self.s.tempo.max_bpm)
-            call.release = (self.silent_since, bpm, _articulation(call.messages, self.vocab.settings.chord_window),
+            call.release = (self.silent_since, bpm, articulation_of(call.messages, self.vocab.settings.chord_window),
                             self._start_margin())
         _, bpm, articulation, margin_s = call.release
         anchor = self.grid_t0 if self.grid_t0 is not None else call.t0
@@ -437,7 +382,7 @@ class Engine:
         if a is not None:
             self.scheduler.cancel(a.tag)
             self.answers -= 1
-            self.answer_notes -= sum(len(p) for p, _ in self.vocab.decode(a.tokens)) if a.echo is None else 0
+            self.player.notes -= sum(len(p) for p, _ in self.vocab.decode(a.tokens)) if a.echo is None else 0
         if call is None or call.resume is None:
             return
         checkpoint, tokenizer, n_tokens, call.bpm, self.bpm, self.last_profile = call.resume
@@ -458,35 +403,8 @@ class Engine:
             tokens, call.tokens = call.tokens, []
             self._feed_tokens(tokens)
 
-    def _call_notes(self, call: Call, end: float) -> list[listening.Note]:
-        """The call as notes, in beats from its first note (still-held notes end at `end`)."""
-        to_beats = self.bpm / 60.0
-        open_: dict[int, tuple[float, int]] = {}
-        notes = []
-        for t, m in call.messages:
-            if m.type == "note_on":
-                open_[m.note] = (t, m.velocity)
-            elif m.type == "note_off" and m.note in open_:
-                on, vel = open_.pop(m.note)
-                notes.append(((on - call.t0) * to_beats, (t - call.t0) * to_beats, m.note, vel))
-        notes += [((on - call.t0) * to_beats, (end - call.t0) * to_beats, p, v) for p, (on, v) in open_.items()]
-        return sorted(notes)
-
     def _listen(self, call: Call, end: float) -> expression.Expression:
-        """What the answer takes from the call: its pitch classes (a bias on the sampler) and its
-        dynamics, articulation and swing (or the configured plain ones)."""
-        a = self.s.answer
-        notes = self._call_notes(call, end)
-        self.sampler.follow_pitch_classes(listening.pc_histogram(notes) if notes else None, a.follow)
-        durations = Counter(d for p, d in self.vocab.decode(call.tokens) if p)
-        self.sampler.follow_durations(dict(durations), a.follow_rhythm)
-        pitches = [n[2] for n in notes]
-        mean = statistics.fmean(pitches) if pitches else None
-        spread = statistics.pstdev(pitches) if len(pitches) > 1 else 0.0
-        self.sampler.follow_register(mean, spread * REGISTER_SPREAD, a.follow_register)
-        if not a.mirror:
-            return expression.Expression(articulation=a.articulation)
-        return expression.from_call(notes, a.articulation)
+        return listen(self.sampler, self.s.answer, self.vocab, call, call_notes(call, end, self.bpm))
 
     def _retokenize(self, call: Call, bpm: float, end: float) -> None:
         """The call's tokens again at the tempo heard over the whole call, and the model re-primed."""
@@ -503,57 +421,8 @@ class Engine:
         self._feed(events)
 
     def _generate(self, now: float) -> None:
-        """Sample events until the answer reaches `lookahead_s` past now, or its length."""
-        a = self.answer
-        if a is None:
-            return
-        horizon = now + self.s.answer.lookahead_s
-        ch = self.s.answer.channel
-        while a.pos < a.target and a.time_of(a.pos) < horizon:
-            if a.echo is None and self._send_imminent(a):
-                break  # the next tick samples; this one leaves the GIL to the scheduler's send
-            if a.echo is not None:
-                if not a.echo:
-                    break
-                pitches, dur = a.echo.pop(0)
-            else:
-                started = time.perf_counter()
-                event = self.sampler.sample_event()
-                if event is None:  # the model ended the piece: the answer ends here
-                    a.target = a.pos
-                    break
-                pitches, dur = event
-                elapsed = (time.perf_counter() - started) * 1e3 / 2  # two model steps per event
-                self.step_ms.extend((elapsed, elapsed))
-                a.step_ms.extend((elapsed, elapsed))
-            a.tokens.extend(self.vocab.encode([(pitches, dur)]))
-            if not pitches and a.pos == a.first_pos:
-                continue  # an answer starts with a note, not with silence
-            dur = min(dur, a.target - a.pos)
-            on = a.beat_time(a.pos)
-            off = a.beat_time(a.pos + dur * a.expr.articulation)
-            rel = (a.pos - a.first_pos) / max(1, a.target - a.first_pos)
-            level = a.expr.velocity_at(rel) if a.expr.contour else a.velocity
-            for p in pitches:
-                vel = self.rng.randint(-self.s.answer.velocity_spread, self.s.answer.velocity_spread)
-                vel = min(127, max(1, level + vel))
-                self.scheduler.schedule(on, mido.Message("note_on", channel=ch, note=p, velocity=vel), a.tag)
-                self.scheduler.schedule(off, mido.Message("note_off", channel=ch, note=p), a.tag)
-                self.answer_notes += 1
-                if a.first_due is None:
-                    a.first_due = on
-            a.pos += dur
-            if len(a.tokens) > 4 * a.target:  # rests of length 0 cannot occur; this is a guard
-                break
-
-    def _send_imminent(self, a: Answer) -> bool:
-        """True when a scheduled message is due within SEND_GUARD_S and the answer has slack:
-        sampling then (Python holding the GIL ~0.3 ms per step) would make that send late."""
-        if self.clock is None:
-            return False
-        now = self.clock.now()
-        due = self.scheduler.next_due()
-        return due is not None and 0 <= due - now < SEND_GUARD_S and a.time_of(a.pos) - now > 4 * SEND_GUARD_S
+        if self.answer is not None:
+            self.player.generate(self.answer, now)
 
     def _start_accompaniment(self, t: float) -> None:
         """Accompany mode: play along from the next beat, one beat generated ahead at a time."""
@@ -569,37 +438,6 @@ class Engine:
     def _end_accompaniment(self, now: float) -> None:
         self._feed(self.tokenizer.flush(self._beat(now)))
         self._finish_answer(now, stopped=True)
-
-    def _click(self, now: float) -> None:
-        """Metronome / count-in clicks, scheduled ahead on the absolute grid (no drift)."""
-        r = self.s.practice
-        period = 60.0 / self.bpm
-        while self.clicks_until is None or self.next_click <= self.clicks_until:
-            due = self.grid_t0 + self.next_click * period
-            if due >= now + self.s.answer.lookahead_s:
-                break
-            if due >= now - period / 2:  # after a stall, skip clicks rather than burst them
-                note = r.click_accent if self.next_click % r.beats_per_bar == 0 else r.click_note
-                ch = r.click_channel
-                self.scheduler.schedule(due, mido.Message("note_on", channel=ch, note=note, velocity=r.click_velocity),
-                                        "metronome")
-                self.scheduler.schedule(due + min(0.05, period / 4), mido.Message("note_off", channel=ch, note=note),
-                                        "metronome")
-            self.next_click += 1
-
-    def _follow_clock(self, t: float, msg: mido.Message) -> None:
-        if self.midi_clock is None:
-            return
-        self.midi_clock.feed(t, msg)
-        bpm = self.midi_clock.bpm
-        if self.midi_clock.running and bpm and self.midi_clock.beat_zero is not None:
-            if self.grid_t0 is None:
-                self.log(f"following MIDI clock at {bpm:.1f} bpm")
-            self.bpm = min(self.s.tempo.max_bpm, max(self.s.tempo.min_bpm, bpm))
-            self.grid_t0 = self.midi_clock.beat_zero
-            if self.clicks_until is None and not self.s.practice.metronome:
-                self.clicks_until = -1  # MIDI clock gives a grid, not clicks
-                self.next_click = 0
 
     def _call_key(self) -> int | None:
         """The key of the current (or last) call, from every note struck in it."""
@@ -695,46 +533,7 @@ class Engine:
             calls=self.calls, answers=self.answers, player_notes=self.player_notes,
             answer_notes=self.answer_notes, step_p50_ms=summary_pct(steps, 50) or 0.0,
             step_p99_ms=summary_pct(steps, 99) or 0.0, warnings=tuple(self.warnings), mode=self.mode, lock=self.lock,
-            clock_source=("midi clock" if self.midi_clock is not None and self.midi_clock.running
+            clock_source=("midi clock" if self.grid.following_clock
                           else "metronome" if self.s.practice.metronome else "fixed" if self.grid_fixed
                           else "estimated"),
         )
-
-
-def tokenize_message(tok: StreamTokenizer, beat: float, msg: mido.Message) -> list[Event]:
-    """One player message into the streaming tokenizer; the events it completes."""
-    if msg.type == "note_on":
-        return tok.note_on(beat, msg.note)
-    if msg.type == "note_off":
-        return tok.note_off(beat, msg.note)
-    if msg.type == "control_change" and msg.control == SUSTAIN:
-        return tok.pedal(beat, msg.value >= 64)
-    return []
-
-
-def _articulation(messages: list[tuple[float, mido.Message]], chord_window: float) -> float:
-    """The median share of the time to the next onset that the player holds a note (1: legato);
-    1.0 until two onsets are known."""
-    onsets: list[float] = []
-    held: dict[int, float] = {}
-    notes: list[tuple[float, float]] = []  # (onset, release)
-    for t, m in messages:
-        if m.type == "note_on":
-            if not onsets or t - onsets[-1] > chord_window:
-                onsets.append(t)
-            held[m.note] = t
-        elif m.type == "note_off" and m.note in held:
-            notes.append((held.pop(m.note), t))
-    shares = []
-    for on, off in notes:
-        i = bisect.bisect_right(onsets, on + chord_window)
-        if i < len(onsets):
-            shares.append(min(1.0, (off - on) / (onsets[i] - on)))
-    return statistics.median(shares) if shares else 1.0
-
-
-def summary_pct(sorted_xs: list[float], q: float, scale: float = 1.0) -> float | None:
-    """A rounded percentile of an ascending list (the scheduler's `percentile`), None when empty."""
-    if not sorted_xs:
-        return None
-    return round(percentile(sorted_xs, q) * scale, 4)

@@ -25,6 +25,7 @@ from typing import Any
 
 import mido
 
+from liveduet.live import commands
 from liveduet.live.clock import Clock, MonotonicClock
 from liveduet.live.engine import Engine, EngineSnapshot, summary_pct
 from liveduet.live.listener import Listener, clean
@@ -86,7 +87,7 @@ class Session:
         self.input_ok = self.output_ok = True
         self._out_lock = threading.Lock()
         self._out: Any = None  # the output port, swapped on reconnect
-        self._to_engine: queue.Queue[tuple[float, mido.Message | str]] = queue.Queue()
+        self._to_engine: queue.Queue[tuple[float, mido.Message | commands.Command]] = queue.Queue()
         # MIDI clock (when followed) goes to the engine thread; the rtmidi thread only enqueues.
         on_clock = (lambda t, m: self._to_engine.put((t, m))) if settings.tempo.follow_clock else None
         self.listener = Listener(self.clock, on_clock=on_clock)
@@ -94,8 +95,7 @@ class Session:
         self._stats = open(stats_path, "a", encoding="utf-8") if stats_path else None  # noqa: SIM115
         self.engine = Engine(settings, vocab, sampler, self.scheduler, log=log, on_answer=self._on_answer, seed=seed,
                              clock=self.clock)
-        self._controls = {c for c in (settings.controls.temperature_cc, settings.controls.length_cc,
-                                      settings.controls.panic_cc) if c >= 0}
+        self.quit = threading.Event()  # set by a Quit command: whoever runs the session ends it
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._started_at = self.clock.now()
@@ -162,11 +162,11 @@ class Session:
     def route(self, t: float, msg: mido.Message) -> None:
         """One input message: thru first (the player hears themself at once), then the recording,
         then the engine's queue. The router thread calls this; so does the simulation (simulate.py)."""
-        is_control = msg.type == "control_change" and msg.control in self._controls
-        if self.settings.controls.thru and not is_control:
+        control = commands.is_control(msg, self.settings)
+        if self.settings.controls.thru and not control:
             self.scheduler.send_now(msg)
         rec = self.recorder
-        if rec is not None and not is_control:
+        if rec is not None and not control:
             rec.record_player(msg, t)
         self._to_engine.put((t, clean(msg) or msg))
 
@@ -183,19 +183,16 @@ class Session:
                 self._publish(now)
                 next_snapshot = now + SNAPSHOT_EVERY_S
 
-    def engine_step(self, item: tuple[float, mido.Message | str] | None, now: float) -> None:
+    def engine_step(self, item: tuple[float, mido.Message | commands.Command] | None, now: float) -> None:
         """One turn of the engine thread: the item (a message or a command), then time passes."""
         engine = self.engine
         try:
             if item is not None:
                 t, msg = item
-                if isinstance(msg, str):  # a command from the terminal
-                    if msg.startswith("temperature="):
-                        engine.set_temperature(float(msg.split("=", 1)[1]))
-                    else:
-                        engine.panic(t)
-                else:
+                if isinstance(msg, mido.Message):
                     engine.handle(t, msg)
+                else:
+                    engine.command(msg, t)
             engine.tick(now)
         except Exception as err:  # a bug: keep the duet alive, silence it, say so once per kind
             log.exception("engine error")
@@ -222,13 +219,24 @@ class Session:
         self.engine_step(None, now)
         self.scheduler.run_due(now)
 
+    def send(self, cmd: commands.Command) -> str | None:
+        """A command from any control surface (any thread). Recording is switched here and returns a
+        line for the user; musical commands go to the engine thread, in order with the player's input."""
+        if isinstance(cmd, commands.Record):
+            return self.toggle_recording()
+        if isinstance(cmd, commands.Quit):
+            self.quit.set()
+            return None
+        self._to_engine.put((self.clock.now(), cmd))
+        return None
+
     def panic(self) -> None:
         """Silence everything now (any thread): the engine thread carries it out."""
-        self._to_engine.put((self.clock.now(), "panic"))  # a command, not a message
+        self.send(commands.Panic())
 
     def set_temperature(self, value: float) -> None:
         """Set the temperature exactly (any thread); the engine thread applies it."""
-        self._to_engine.put((self.clock.now(), f"temperature={value}"))
+        self.send(commands.SetTemperature(value))
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop the threads, close every open note (panic), keep the output port open for the caller."""

@@ -1,7 +1,7 @@
 """The terminal dashboard: a view that pulls the session's snapshot ~10 times a second.
 
     Session.snapshot()  ──(Rich Live refresh thread, 10 Hz)──>  render(snapshot, width)  ──> terminal
-    stdin (cbreak, key thread)  ──>  session.panic() / session.set_temperature() / stop_event
+    stdin (cbreak, key thread)  ──>  session.send(Panic() | SetTemperature(v) | Record()) / stop_event
 
 Nothing here is on the real-time path: the engine publishes an immutable snapshot and never waits
 for us. Music theory (key, chord names with music21) is computed here, from the token names in the
@@ -34,11 +34,11 @@ from rich.table import Table
 from rich.text import Text
 
 from liveduet.errors import VocabularyError
+from liveduet.live import commands
 from liveduet.music.tokens import NOTE_NAMES, REST_NAME, TICKS, parse_pitch, pitch_name
 
 REFRESH_HZ = 10
 TEMPERATURE_STEP = 0.1
-TEMPERATURE_RANGE = (0.1, 2.0)  # what the engine clamps to
 KEY_EVERY_S = 0.5  # music21 key analysis costs ~30 ms: at most twice a second while a call grows
 MAX_ROLL_ROWS = 12
 NOTICE_S = 3.0  # how long the footer shows the result of a key press
@@ -475,13 +475,13 @@ class Dashboard:
     def handle_key(self, key: str) -> None:
         """One key press (the key thread, or a test)."""
         if key in "pP":
-            self.session.panic()
+            self.session.send(commands.Panic())
             self.say("panic: all notes off")
         elif key in "+=-_":
             self._nudge_temperature(TEMPERATURE_STEP if key in "+=" else -TEMPERATURE_STEP)
         elif key in "rR":
             try:
-                self.say(self.session.toggle_recording())
+                self.say(self.session.send(commands.Record()) or "")
             except Exception as err:  # a full disk, an unwritable folder: say it, keep playing
                 self.say(f"recording failed: {err}")
         elif key in "qQ":
@@ -496,10 +496,10 @@ class Dashboard:
             value, when = self._pending_temp
             if abs(current - value) > 0.02 and time.monotonic() - when < 1.0:
                 current = value
-        lo, hi = TEMPERATURE_RANGE
+        lo, hi = commands.TEMPERATURE_RANGE
         value = round(min(hi, max(lo, current + delta)), 2)
         self._pending_temp = (value, time.monotonic())
-        self.session.set_temperature(value)
+        self.session.send(commands.SetTemperature(value))
         self.say(f"temperature → {value:.2f}")
 
     def _read_keys(self, fd: int) -> None:

@@ -1,0 +1,103 @@
+"""Typed commands: one bus for every control surface — MIDI controls, terminal keys, the web page.
+
+Surfaces produce commands; the engine thread consumes the musical ones (`Engine.command`), the
+session the ones about files and the process (`Record`, `Quit`). The MIDI control map is a pure
+function of a message and the settings (`from_control`), tested with plain messages. Every range a
+control can set is defined here once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mido
+
+from liveduet.live.settings import LiveSettings
+
+TEMPERATURE_RANGE = (0.1, 2.0)  # safe .. wild
+LENGTH_RANGE = (0.25, 2.0)  # answer length as a share of the call
+MODES = ("call", "echo", "accompany")
+CALL_KEY = -1  # LockScale(CALL_KEY): the key of the current (or last) call
+
+
+@dataclass(frozen=True)
+class SetTemperature:
+    value: float
+
+
+@dataclass(frozen=True)
+class SetLength:
+    ratio: float
+
+
+@dataclass(frozen=True)
+class SetMode:
+    mode: str
+
+
+@dataclass(frozen=True)
+class LockScale:
+    tonic: int | None  # 0..11 (C..B) major scale, CALL_KEY for the call's, None to unlock
+
+
+@dataclass(frozen=True)
+class Panic:
+    pass
+
+
+@dataclass(frozen=True)
+class EndCall:
+    """The player's end gesture (a controller): the call ends now."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """Start a new timestamped recording, or finish the one running."""
+
+
+@dataclass(frozen=True)
+class Quit:
+    pass
+
+
+Command = SetTemperature | SetLength | SetMode | LockScale | Panic | EndCall | Record | Quit
+
+
+def clamp(value: float, bounds: tuple[float, float]) -> float:
+    return round(min(bounds[1], max(bounds[0], value)), 2)
+
+
+def scaled(value: int, bounds: tuple[float, float]) -> float:
+    """A 0..127 controller value onto a range."""
+    lo, hi = bounds
+    return round(lo + (hi - lo) * value / 127, 2)
+
+
+def from_control(msg: mido.Message, settings: LiveSettings, min_pitch: int) -> Command | None:
+    """The command a controller or keyswitch message means, or None when it is music (or nothing).
+
+    Control changes: temperature, answer length, panic, scale lock, the end gesture's controller.
+    Keyswitches (note-ons below the instrument's range): 0..11 lock that major scale, 12.. unlock."""
+    c = settings.controls
+    if msg.type == "control_change":
+        if msg.control == c.lock_cc:
+            return LockScale(CALL_KEY if msg.value >= 64 else None)
+        if msg.control == c.temperature_cc:
+            return SetTemperature(scaled(msg.value, TEMPERATURE_RANGE))
+        if msg.control == c.length_cc:
+            return SetLength(scaled(msg.value, LENGTH_RANGE))
+        if msg.control == c.panic_cc:
+            return Panic()
+        if settings.phrase.end_gesture == "cc" and msg.control == settings.phrase.end_cc and msg.value >= 64:
+            return EndCall()
+        return None
+    if msg.type == "note_on" and c.keyswitches and msg.note < min_pitch:
+        return LockScale(msg.note if msg.note < 12 else None)
+    return None
+
+
+def is_control(msg: mido.Message, settings: LiveSettings) -> bool:
+    """Controller messages that steer liveduet (kept out of thru and the recording)."""
+    c = settings.controls
+    return msg.type == "control_change" and msg.control in {
+        x for x in (c.temperature_cc, c.length_cc, c.panic_cc) if x >= 0}
