@@ -14,8 +14,8 @@ import pytest
 from rich.console import Console
 
 from liveduet.live import commands
-from liveduet.live.engine import EngineSnapshot
 from liveduet.live.session import SessionSnapshot
+from liveduet.live.snapshot import EngineSnapshot
 from liveduet.ui import dashboard
 from liveduet.ui.dashboard import (
     Dashboard,

@@ -68,6 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     live.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                       help="override one live setting, e.g. --set answer.memory=session (repeatable)")
     live.add_argument("--out", type=Path, help="also write the JSON report here")
+    live.add_argument("--card", action="store_true", help="put the result on the model's card (card.json/.md)")
     p.set_defaults(func=run)
 
 
@@ -163,6 +164,14 @@ def run_live(args: argparse.Namespace) -> int:
     with err.status("live evaluation") as status:
         report = run_live_eval(runtime, data, settings, options, log=lambda text: status.update(text))
     report["targets"] = targets_met(report)
+    report["data"] = str(args.data)
+    if args.card:
+        from liveduet.model.export import update_card
+
+        live = dict(runtime.card.get("live_evaluation") or {})
+        runs = dict(live.get("runs") or {})
+        runs[f"{args.data.name}, {args.beats}-beat calls"] = {k: v for k, v in report.items() if k != "calls"}
+        update_card(runtime.path, live_evaluation={**live, "runs": runs})
     text = json.dumps(report, indent=1)
     if args.out:
         from liveduet.fsutil import write_atomic

@@ -19,7 +19,6 @@ import statistics
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import mido
 
@@ -42,6 +41,7 @@ from liveduet.live.listener import CLOCK_TYPES
 from liveduet.live.phrase import Action, Input, State, transition
 from liveduet.live.scheduler import Scheduler
 from liveduet.live.settings import LiveSettings
+from liveduet.live.snapshot import EngineSnapshot, snapshot_of
 from liveduet.live.tempo import estimate_bpm
 from liveduet.music.theory import best_major, major_scale, scale_name
 from liveduet.music.tokens import TICKS, Event, StreamTokenizer, Vocabulary
@@ -49,29 +49,6 @@ from liveduet.music.tokens import TICKS, Event, StreamTokenizer, Vocabulary
 RETEMPO = 0.08  # re-tokenize the call when its estimated tempo differs by more than this share
 ENTRY_WINDOW_S = 0.015  # a bar-line entry is planned within this long before its margin runs out
 IDLE_BEATS = 8  # no input at all for this long ends a call even with keys down (lost note-offs)
-
-
-@dataclass(frozen=True)
-class EngineSnapshot:
-    """An immutable view for the dashboard and logs."""
-
-    state: str
-    bpm: float
-    beat: float  # beats since the call's first note (or the answer's start)
-    temperature: float
-    length_ratio: float
-    call_tokens: tuple[str, ...]
-    answer_tokens: tuple[str, ...]
-    calls: int
-    answers: int
-    player_notes: int
-    answer_notes: int
-    step_p50_ms: float
-    step_p99_ms: float
-    warnings: tuple[str, ...]
-    mode: str = "call"
-    lock: str | None = None  # the scale answers keep to, when locked
-    clock_source: str = "estimated"  # "fixed" | "estimated" | "metronome" | "midi clock"
 
 
 class Engine:
@@ -516,24 +493,4 @@ class Engine:
         return self.vocab.settings.chord_window * bpm / 60.0
 
     def snapshot(self, now: float) -> EngineSnapshot:
-        steps = sorted(self.step_ms)
-        a = self.answer
-        if a is not None:
-            beat = (now - a.start) / a.period
-        elif self.call is not None and self.state is State.CALLING:
-            beat = (now - self.call.t0) * self.bpm / 60
-        else:
-            beat = 0.0
-        names = self.vocab.tokens
-        return EngineSnapshot(
-            state=self.state.value, bpm=self.bpm, beat=beat, temperature=self.temperature,
-            length_ratio=self.length_ratio,
-            call_tokens=tuple(names[t] for t in (self.call.tokens if self.call else [])[-48:]),
-            answer_tokens=tuple(names[t] for t in (a.tokens if a else self.last_answer_tokens)[-48:]),
-            calls=self.calls, answers=self.answers, player_notes=self.player_notes,
-            answer_notes=self.answer_notes, step_p50_ms=summary_pct(steps, 50) or 0.0,
-            step_p99_ms=summary_pct(steps, 99) or 0.0, warnings=tuple(self.warnings), mode=self.mode, lock=self.lock,
-            clock_source=("midi clock" if self.grid.following_clock
-                          else "metronome" if self.s.practice.metronome else "fixed" if self.grid_fixed
-                          else "estimated"),
-        )
+        return snapshot_of(self, now)

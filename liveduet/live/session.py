@@ -27,12 +27,13 @@ import mido
 
 from liveduet.live import commands
 from liveduet.live.clock import Clock, MonotonicClock
-from liveduet.live.engine import Engine, EngineSnapshot, summary_pct
+from liveduet.live.engine import Engine, summary_pct
 from liveduet.live.listener import Listener, clean
 from liveduet.live.phrase import State
 from liveduet.live.recorder import Recorder
 from liveduet.live.scheduler import Scheduler
 from liveduet.live.settings import AnswerSettings, LiveSettings
+from liveduet.live.snapshot import EngineSnapshot
 from liveduet.music.tokens import Vocabulary
 
 log = logging.getLogger(__name__)

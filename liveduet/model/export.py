@@ -28,6 +28,7 @@ from torch import Tensor
 
 from liveduet import __version__
 from liveduet.errors import LiveduetError, ModelLoadError
+from liveduet.fsutil import write_atomic
 from liveduet.model.lstm import DuetLM
 from liveduet.model.train import load_checkpoint, model_from_checkpoint
 from liveduet.music.tokens import Vocabulary
@@ -251,6 +252,7 @@ def render_card(card: dict) -> str:
         lines += ["```json", json.dumps(ev, indent=1), "```", ""]
     else:
         lines += ["Not run at export time (`liveduet evaluate --model DIR --data DATA --json`).", ""]
+    lines += render_live_evaluation(card.get("live_evaluation"))
     bench = card.get("benchmark")
     if bench:
         lines += ["## Speed", "", "From `benchmarks/bench_model.py` on the machine it was trained on:", "",
@@ -261,11 +263,53 @@ def render_card(card: dict) -> str:
     return "\n".join(lines)
 
 
+LIVE_LABELS = {"pc_cosine": "pitch-class cosine", "rhythm_overlap": "rhythm overlap (IOI histograms)",
+               "register_gap": "register gap (semitones, lower is closer)", "in_key": "in the call's key",
+               "texture_gap": "texture gap (notes per onset)"}
+
+
+def render_live_evaluation(live: object) -> list[str]:
+    """The card's section on listening through the daemon (`liveduet evaluate --live --card`)."""
+    if not isinstance(live, dict) or not live.get("runs"):
+        return []
+    lines = ["## Listening, measured through the daemon", "",
+             "`liveduet evaluate --live` plays held-out calls through the daemon's own Session (simulated time, "
+             "one session, a simulated player with its own dynamics, articulation and swing) and compares each "
+             "answer with its call, next to the composer's own continuation and another piece's. *place*: "
+             "0 = no closer to the call than another piece, 1 = as close as the composer.", ""]
+    for name, run in live["runs"].items():
+        o = run.get("options", {})
+        lines += [f"**{name}** — {run['calls_played']} calls of {o.get('beats')} beats at {o.get('bpm')} bpm "
+                  f"(data `{run.get('data', '—')}`):", "",
+                  "| call → continuation | liveduet | composer | another piece | place |", "|---|---|---|---|---|"]
+        for key, row in run["measures"].items():
+            cells = ["—" if row[w] is None else f"{row[w]:.3f}" for w in ("answer", "composer", "another")]
+            lines.append(f"| {LIVE_LABELS.get(key, key)} | {' | '.join(cells)} | "
+                         f"{'—' if row['place'] is None else format(row['place'], '.2f')} |")
+        e = run.get("expression", {})
+        lines += ["", f"Answered {run['answered']}/{run['calls_played']}; false ends {run['false_ends']}; entry "
+                  f"{run['entry_beats_median']} beats after the call's last release (median); velocity contour "
+                  f"r = {e.get('velocity_corr_mean')}; swing within 0.05 of the call's: {e.get('swing_within_0.05')}; "
+                  f"articulation within 10 %: {e.get('articulation_within_10pct')}.", ""]
+    sweep = live.get("sweep")
+    if sweep:
+        lines += ["Sampling and listening settings, one changed at a time (`benchmarks/bench_listening.py`, "
+                  "place on pitch-class cosine / rhythm / register, in-key share):", "",
+                  "| setting | pc | rhythm | register | in key | entry | false ends |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['setting']} | {r['place_pc_cosine']:.2f} | {r['place_rhythm']:.2f} | "
+                  f"{r['place_register']:.2f} | {r['in_key']:.3f} | {r['entry_beats_median']} | {r['false_ends']:.2f} |"
+                  for r in sweep]
+        lines.append("")
+    if live.get("why"):
+        lines += [str(live["why"]), ""]
+    return lines
+
+
 def update_card(model_dir: str | Path, **fields: object) -> dict:
     """Add fields (e.g. evaluation=...) to an exported card and re-render card.md."""
     model_dir = Path(model_dir)
     card = json.loads((model_dir / "card.json").read_text())
     card.update(fields)
-    (model_dir / "card.json").write_text(json.dumps(card, indent=1) + "\n")
-    (model_dir / "card.md").write_text(render_card(card))
+    write_atomic(model_dir / "card.json", (json.dumps(card, indent=1) + "\n").encode())
+    write_atomic(model_dir / "card.md", render_card(card).encode())
     return card
