@@ -110,7 +110,7 @@ def test_reset_restarts_from_bos() -> None:
     sampler = Sampler(runtime, seed=5)
     run(sampler, 10)
     sampler.reset()
-    assert sampler.tokens == [BOS]
+    assert list(sampler.tokens) == [BOS]
     assert VOCAB.pitch_mask[sampler.sample()]
 
 
@@ -276,3 +276,35 @@ def test_real_model_grammar_and_determinism(real_model: Path) -> None:
     sampler.feed(VOCAB.duration_id(12))
     pitches, dur = sampler.sample_event()
     assert dur >= 1
+
+
+# -- following the call ---------------------------------------------------------------------------
+
+def _events(sampler: Sampler, n: int) -> list:
+    return [sampler.sample_event() for _ in range(n)]
+
+
+def test_follow_pitch_classes_draws_toward_the_call_and_can_be_removed() -> None:
+    sampler = Sampler(fixed(torch.zeros(V)), seed=3)  # flat model: the bias alone decides
+    call = [0.0] * 12
+    call[0], call[7] = 3.0, 1.0  # a call of C and G
+    sampler.follow_pitch_classes(call, 2.0)
+    pcs = [p % 12 for ps, _ in _events(sampler, 400) for p in ps]
+    share = sum(pc in (0, 7) for pc in pcs) / len(pcs)
+    assert share > 0.5, "C and G are 2 of 12 pitch classes; the bias makes them most of the answer"
+    sampler.follow_pitch_classes(None, 2.0)
+    pcs = [p % 12 for ps, _ in _events(sampler, 400) for p in ps]
+    assert sum(pc in (0, 7) for pc in pcs) / len(pcs) < 0.35
+
+
+def test_follow_durations_and_register() -> None:
+    sampler = Sampler(fixed(torch.zeros(V)), seed=4)
+    sampler.follow_durations({6: 10, 12: 2}, 3.0)
+    durs = [d for _, d in _events(sampler, 300)]
+    assert sum(d in (6, 12) for d in durs) / len(durs) > 0.8
+    sampler.follow_register(60.0, 3.0, 2.0)
+    notes = [p for ps, _ in _events(sampler, 300) for p in ps]
+    assert abs(sum(notes) / len(notes) - 60) < 4, "answers stay near the call's register"
+    sampler.follow_durations(None, 0)
+    sampler.follow_register(None, 0, 0)
+    assert torch.equal(sampler._mask_duration, sampler._grammar_duration)

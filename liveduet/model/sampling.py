@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import random
+from collections import deque
 from collections.abc import Sequence
 
 import numpy as np
@@ -40,6 +41,7 @@ from liveduet.model.runtime import ModelRuntime
 from liveduet.music.tokens import BOS, EOS, Event
 
 NEG_INF = float("-inf")
+RECENT_TOKENS = 512
 REGISTER_MIN_SPREAD = 4.0  # semitones: a call on one note still leaves the answer room to move
 FOLLOW_FLOOR = 0.02  # a pitch class absent from the call still has this share: disfavoured, not banned
 
@@ -182,7 +184,8 @@ class Sampler:
         """Fresh state, primed with <bos>."""
         self.state: State = self.runtime.initial_state()
         self.history: list[int] = []  # recent pitch tokens, for the repetition guard
-        self.tokens: list[int] = []  # everything fed since the reset
+        # The most recent tokens fed since the reset, for inspection; bounded, a session runs for hours.
+        self.tokens: deque[int] = deque(maxlen=RECENT_TOKENS)
         self._expect_duration = False
         self.feed(BOS)
 
@@ -204,12 +207,12 @@ class Sampler:
     def checkpoint(self) -> tuple:
         """Everything `restore` needs to return here: the daemon re-primes a call heard at another tempo.
         States are never modified in place (each step returns new tensors), so references suffice."""
-        return (self.state, self._logits, list(self.history), len(self.tokens), self._expect_duration)
+        return (self.state, self._logits, list(self.history), list(self.tokens), self._expect_duration)
 
     def restore(self, checkpoint: tuple) -> None:
-        self.state, self._logits, history, n_tokens, self._expect_duration = checkpoint
+        self.state, self._logits, history, tokens, self._expect_duration = checkpoint
         self.history = list(history)
-        del self.tokens[n_tokens:]
+        self.tokens = deque(tokens, maxlen=RECENT_TOKENS)
 
     def banned(self) -> list[int]:
         """Pitch tokens the repetition guard forbids next."""
