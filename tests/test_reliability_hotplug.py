@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from liveduet.commands.run import watched_ports
 from liveduet.io.ports import PortWatcher, get_backend, open_input, open_output, port_names
+from liveduet.live.duet import watched_ports
 
 OURS = "RtMidiOut Client:Keyboard"
 

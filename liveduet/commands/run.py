@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import sys
-import threading
-import time
 from pathlib import Path
 
-from liveduet.errors import ConfigError, LiveduetError, OutputPathError
-from liveduet.fsutil import os_error_line
+from liveduet.errors import ConfigError, LiveduetError
 
 EXAMPLES = """examples:
   liveduet run --in Keyboard --out Synth --record session.mid
@@ -92,10 +87,9 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from liveduet.io import ports
-    from liveduet.live.clock import MonotonicClock
-    from liveduet.live.fileplayer import FilePlayer, load_player_file
-    from liveduet.live.recorder import Recorder
-    from liveduet.live.session import Session, answer_sampler
+    from liveduet.live.duet import Duet, DuetOptions, logger
+    from liveduet.live.fileplayer import load_player_file
+    from liveduet.live.session import answer_sampler
     from liveduet.model.runtime import ModelRuntime, default_model_dir
 
     settings = _settings(args)
@@ -105,206 +99,20 @@ def run(args: argparse.Namespace) -> int:
         raise LiveduetError("--virtual needs --out too: the name of the output port to create")
     check_outputs(args)
 
-    say = _logger(args.no_dashboard)
+    say = logger(args.no_dashboard)
     runtime = ModelRuntime.load(args.model or default_model_dir())
     sampler = answer_sampler(runtime, settings.answer, seed=args.seed)
+    backend = ports.get_backend(args.backend) if not file_input or args.out else None
+    options = DuetOptions(inp=args.inp, out=args.out, virtual=args.virtual, record=args.record, force=args.force,
+                          stats=args.stats, duration=args.duration, seed=args.seed, plain=args.no_dashboard)
+    return Duet(settings, runtime.vocab, sampler, options, backend=backend, player_events=player_events, say=say,
+                view=None if args.no_dashboard else _dashboard()).run()
 
-    backend = None
-    if not file_input or args.out:
-        backend = ports.get_backend(args.backend)
-    clock = MonotonicClock()
-    out_port = None
-    if args.out:
-        out_port = ports.open_output(backend, args.out, virtual=args.virtual)
-    recorder = None
-    running: list = []  # the session, once there is one (the recorder may warn before)
 
-    def warn(line: str) -> None:  # a problem the player should see, without stopping the duet
-        if running:
-            running[0].engine.warnings.append(line)
-        say(line)
-
-    code = 0
+def _dashboard():
+    """The terminal dashboard's maker, or None where it cannot be imported."""
     try:
-        if args.record:
-            recorder = Recorder(args.record, force=args.force, clock=clock,
-                                tempo_bpm=settings.tempo.bpm or settings.tempo.initial_bpm, on_warning=warn)
-        try:
-            session = Session(settings, runtime.vocab, sampler, clock, recorder, args.stats, say, args.seed,
-                              input_name=args.inp,
-                              output_name=getattr(out_port, "name", "") if out_port else "(none)")
-        except OSError as err:  # the --stats file, checked above, went away since
-            raise OutputPathError(f"cannot open --stats {args.stats}: {os_error_line(err)}") from err
-        running.append(session)
-        session.set_output(out_port)
-        session.start()
-        in_port = player = None
-        held: dict = {}  # the open input port, swapped by the hot-plug watcher
-        if file_input:
-            player = FilePlayer(player_events, session.listener.callback, clock, name=args.inp)
-        else:
-            in_port = ports.open_input(backend, args.inp, session.listener.callback, virtual=args.virtual)
-            session.input_name = in_port.name
-            held["input"] = in_port
-        watchers = _watch(backend, args, session, say, held, out_port) if backend is not None and not args.virtual \
-            else []
-        say(f"listening on {session.input_name}, answering on {session.output_name}"
-            + (f", recording to {args.record}" if args.record else ""))
-        if player is not None:
-            player.start()
-        code = _wait(args, session, player, say)
-    finally:
-        # Producers first, ports last: nothing may send on a closed port.
-        for watcher in locals().get("watchers") or []:
-            watcher.stop()
-        if locals().get("player") is not None:
-            player.stop()
-        if locals().get("held") and held.get("input") is not None:
-            held["input"].close()
-        if running:
-            session.stop()
-            port = session.take_output()
-        else:
-            port = out_port
-        if port is not None:
-            port.close()
-        if running:
-            recorder = session.recorder  # the one running now: `r` in the dashboard may have swapped it
-        if recorder is not None:
-            code = _finish_recording(recorder, session.engine.bpm if running else None, say) or code
-    if running:
-        _print_summary(session.summary(), args.record, args.no_dashboard)
-    return code
-
-
-def _finish_recording(recorder, bpm: float | None, say) -> int:
-    """Save the recording; an error saving it is said in one line (exit 2) and the summary still follows."""
-    recorder.stop()
-    try:
-        path = recorder.finish(tempo_bpm=bpm)
-    except LiveduetError as err:
-        say(f"error: {err}")
-        return err.exit_code
-    if recorder.saved_until is not None:
-        say(f"recorded {path}: only its first {recorder.saved_until:.1f} s (the disk was full)")
-    else:
-        say(f"recorded {path}")
-    return 0
-
-
-def _print_summary(summary: dict, record: Path | None, plain: bool) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="liveduet session", show_header=False, box=None)
-    table.add_column(style="bold")
-    table.add_column(justify="right")
-    labels = {
-        "duration_s": "duration (s)", "calls": "calls", "answers": "answers", "notes_heard": "notes heard",
-        "notes_played": "notes played", "model_step_ms_p50": "model step p50 (ms)",
-        "model_step_ms_p99": "model step p99 (ms)", "answer_late_ms_p99": "answer lateness p99 (ms)",
-        "answer_late_ms_max": "answer lateness max (ms)", "events_dropped": "input events dropped",
-    }
-    for key, label in labels.items():
-        table.add_row(label, "-" if summary.get(key) is None else str(summary[key]))
-    if record:
-        table.add_row("recording", str(record))
-    Console(stderr=not plain, highlight=False).print(table)
-
-
-def _wait(args: argparse.Namespace, session, player, say) -> int:
-    stop = threading.Event()
-    got: list[int] = []
-
-    def on_signal(signum, frame):  # noqa: ARG001
-        got.append(signum)
-        stop.set()
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    started = time.monotonic()
-    dashboard = None
-    if not args.no_dashboard:
-        try:
-            from liveduet.ui.dashboard import Dashboard
-        except ImportError:
-            Dashboard = None  # noqa: N806
-        if Dashboard is not None:
-            dashboard = Dashboard(session, stop)
-            dashboard.start()
-    try:
-        while not stop.wait(0.1):
-            if args.duration is not None and time.monotonic() - started >= args.duration:
-                break
-            if player is not None and player.done.is_set() and session.idle():
-                time.sleep(0.3)  # let the last note-offs go out before the summary
-                break
-    finally:
-        if dashboard is not None:
-            dashboard.stop()
-        for s, handler in old.items():
-            signal.signal(s, handler)
-    if got:
-        say(f"stopping ({signal.Signals(got[0]).name}): all notes off")
-    return 0
-
-
-def _watch(backend, args, session, say, held: dict, out_port=None) -> list:
-    """Hot-plug: one poller per direction, each watching the port it holds (a device often has an
-    input and an output of one name). A MIDI file as input has no port to watch."""
-    from liveduet.io import ports
-
-    def lost(kind: str, name: str) -> None:
-        session.engine.warnings.append(f"{kind} port lost: {name}")
-        say(f"{kind} port lost: {name} — still running; will reconnect when it returns")
-        setattr(session, f"{kind}_ok", False)
-
-    def back(kind: str, name: str) -> None:
-        try:
-            if kind == "output":
-                old = session.take_output()  # nothing sends on it once detached
-                if old is not None:
-                    old.close()
-                session.set_output(ports.open_output(backend, name), name)
-            else:
-                # The connection died with the device (JACK and ALSA alike): open anew, then close
-                # the old port; the listener is the same, so nothing downstream notices.
-                new = ports.open_input(backend, name, session.listener.callback)
-                old, held["input"] = held.get("input"), new
-                session.input_name = new.name
-                if old is not None:
-                    old.close()
-            setattr(session, f"{kind}_ok", True)
-            say(f"{kind} port back: {name}")
-        except LiveduetError as err:
-            say(f"reconnecting {name} failed: {err}")
-
-    watchers = []
-    lister = ports.PortLister(backend)
-    for kind, query, port in watched_ports(args, held.get("input"), out_port):
-        watcher = ports.PortWatcher(
-            lambda k=kind: lister.names(k), {query: port.name},
-            on_lost=lambda n, k=kind: lost(k, n), on_back=lambda n, k=kind: back(k, n), kind=kind,
-        )
-        watcher.start()
-        watchers.append(watcher)
-    return watchers
-
-
-def watched_ports(args: argparse.Namespace, in_port, out_port) -> list[tuple[str, str, object]]:
-    """(kind, what the user typed, the open port) for each connection hot-plug should watch: the
-    ports we opened, by the names they were opened as. A file input opened none; our own virtual
-    ports cannot be unplugged."""
-    if args.virtual:
-        return []
-    return [(kind, query, port) for kind, query, port in (("input", args.inp, in_port), ("output", args.out, out_port))
-            if port is not None and query]
-
-
-def _logger(plain: bool):
-    start = time.monotonic()
-
-    def say(line: str) -> None:
-        print(f"[{time.monotonic() - start:7.2f}] {line}", file=sys.stderr if not plain else sys.stdout, flush=True)
-
-    return say
-
+        from liveduet.ui.dashboard import Dashboard
+    except ImportError:
+        return None
+    return Dashboard

@@ -102,10 +102,15 @@ class PortLister:
 
     mido's `get_input_names` creates a new client every call: on JACK that costs ~16 ms of CPU, and a
     hot-plug poll every 1.5 s in two directions would alone cost over 2 % of a core. A kept client
-    lists in ~0.05 ms and still sees ports come and go.
+    lists in ~0.05 ms and still sees ports come and go. A backend that is not rtmidi's (another mido
+    backend, `io/fake.py`'s) is asked itself, every time.
     """
 
     def __init__(self, backend: mido.Backend) -> None:
+        self._backend = backend
+        self._clients: dict[str, Any] = {}
+        if not (isinstance(backend, mido.Backend) and backend.name.startswith(DEFAULT_BACKEND)):
+            return
         import rtmidi
 
         api = getattr(rtmidi, f"API_{backend.api}", rtmidi.API_UNSPECIFIED) if backend.api else rtmidi.API_UNSPECIFIED
@@ -116,10 +121,13 @@ class PortLister:
             raise _backend_error(backend, err) from err
 
     def names(self, kind: str) -> list[str]:
+        if not self._clients:
+            return port_names(self._backend, kind)
         return list(self._clients[kind].get_ports())
 
     def close(self) -> None:
-        for client in self._clients.values():
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
             client.delete()
 
 

@@ -43,7 +43,10 @@ def load_player_file(path: str | Path) -> list[tuple[float, mido.Message]]:
 
 
 class FilePlayer(Worker):
-    """Plays the events into `callback` at their times from `start()`; `done` is set at the end."""
+    """Plays the events into `callback` at their times from `begin()`; `done` is set at the end.
+
+    Its own thread (`start`) or the caller's (`begin`, then `pump(now)` as simulated time passes):
+    the same code decides what is due."""
 
     thread_name = "liveduet-fileplayer"
 
@@ -56,19 +59,34 @@ class FilePlayer(Worker):
         self.done = threading.Event()
         Worker.__init__(self)
         self.duration = events[-1][0] if events else 0.0
+        self._t0: float | None = None
+        self._next = 0  # index of the next event to play
+
+    def begin(self, now: float | None = None) -> None:
+        """Start the timeline: the first event plays LEAD_IN_S from `now`."""
+        self._t0 = (self.clock.now() if now is None else now) + LEAD_IN_S
+
+    def pump(self, now: float) -> float | None:
+        """Play everything due by `now`; the due time of the next event, None when all are played."""
+        if self._t0 is None:
+            self.begin(now)
+        assert self._t0 is not None
+        while self._next < len(self.events) and not self._stop.is_set():
+            offset, msg = self.events[self._next]
+            if self._t0 + offset > now:
+                return self._t0 + offset
+            self._next += 1
+            self.callback(msg)
+        self.done.set()
+        return None
 
     def _run(self) -> None:
-        t0 = self.clock.now() + LEAD_IN_S
-        for offset, msg in self.events:
-            due = t0 + offset
-            while not self._stop.is_set():
-                left = due - self.clock.now()
-                if left <= 0:
-                    break
-                self.clock.wait(self._stop, left)
-            if self._stop.is_set():
+        self.begin()
+        while not self._stop.is_set():
+            due = self.pump(self.clock.now())
+            if due is None:
                 break
-            self.callback(msg)
+            self.clock.wait(self._stop, due - self.clock.now())
         self.done.set()
 
     def close(self) -> None:

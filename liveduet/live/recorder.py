@@ -358,6 +358,11 @@ class Recorder(Worker):
             self._finished = True
         self._close_journal()
 
+    def discard(self) -> None:
+        """Stop recording and keep nothing, not even the journal (a session that never started)."""
+        self.close()
+        self.journal.unlink(missing_ok=True)
+
 
 def _ticks(seconds: float, tempo_us: int) -> int:
     return round(max(0.0, seconds) * TICKS_PER_BEAT * 1_000_000 / tempo_us)

@@ -30,7 +30,7 @@ from liveduet.live.clock import Clock, MonotonicClock
 from liveduet.live.engine import Engine, summary_pct
 from liveduet.live.listener import Listener, clean
 from liveduet.live.phrase import State
-from liveduet.live.recorder import Recorder
+from liveduet.live.recorder import Recorder, journal_path
 from liveduet.live.scheduler import Scheduler
 from liveduet.live.settings import AnswerSettings, LiveSettings
 from liveduet.live.snapshot import EngineSnapshot
@@ -101,6 +101,7 @@ class Session:
         self._threads: list[threading.Thread] = []
         self._started_at = self.clock.now()
         self._snapshot: SessionSnapshot | None = None
+        self._next_snapshot = 0.0  # when `pump` publishes the next one (the engine thread keeps its own)
         self._late_sent, self._late_p99 = -1, 0.0
         self.answers_done = threading.Event()
 
@@ -219,6 +220,9 @@ class Session:
             self.engine_step(item, now)
         self.engine_step(None, now)
         self.scheduler.run_due(now)
+        if now >= self._next_snapshot:
+            self._publish(now)
+            self._next_snapshot = now + SNAPSHOT_EVERY_S
 
     def send(self, cmd: commands.Command) -> str | None:
         """A command from any control surface (any thread). Recording is switched here and returns a
@@ -250,9 +254,21 @@ class Session:
             self._stats.close()
             self._stats = None
 
+    def warn(self, line: str, said: str | None = None) -> None:
+        """A problem the player should see, without stopping the duet (any thread): `line` in the
+        dashboard's warnings, `said` (default: the same) in the log. Every recorder of the session
+        reports here."""
+        self.engine.warnings.append(line)
+        self.log(said or line)
+
+    @property
+    def bpm(self) -> float:
+        """The tempo now (the engine's; a recording is saved at it)."""
+        return self.engine.bpm
+
     def toggle_recording(self, folder: Path = Path(".")) -> str:
         """Start recording to a new timestamped file, or finish the one running (any thread).
-        Returns a line for the user."""
+        Returns a line for the user. A new recording warns as the one `run --record` starts (`warn`)."""
         import datetime as dt
 
         rec = self.recorder
@@ -261,8 +277,11 @@ class Session:
             rec.stop()
             path = rec.finish(tempo_bpm=self.engine.bpm)
             return f"recorded {path}"
-        path = folder / f"liveduet-{dt.datetime.now():%Y%m%d-%H%M%S}.mid"
-        rec = Recorder(path, clock=self.clock, tempo_bpm=self.engine.bpm)
+        stamp = f"liveduet-{dt.datetime.now():%Y%m%d-%H%M%S}"
+        path, n = folder / f"{stamp}.mid", 2
+        while path.exists() or journal_path(path).exists():  # `r` pressed twice within a second
+            path, n = folder / f"{stamp}-{n}.mid", n + 1
+        rec = Recorder(path, clock=self.clock, tempo_bpm=self.engine.bpm, on_warning=self.warn)
         rec.start()
         self.recorder = rec
         return f"recording to {path}"
