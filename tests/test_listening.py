@@ -43,32 +43,29 @@ def test_entering_transitions():
 
 # ---- entry prediction (pure) -------------------------------------------------------------------------
 
-def test_entry_on_the_phrase_bar_line():
+def test_entry_listens_through_the_phrase_bar_line():
     def e(onset, released, now, articulation=1.0):
         return entry.entry_beat(onset, released, now, 0.1, 0.03, 4, 0.75, articulation)
 
-    # legato: the last quarter ends at 7.9, the next note was due then (7.9), did not come: on the line
-    assert e(7, 7.9, 7.85) is None
-    assert e(7, 7.75, 7.88) == 8 and e(7, 7.75, 7.9) == 8
-    assert e(7, 7.75, 7.86) is None, "not yet: as late as the margin allows"
-    assert e(7, 7.85, 7.9) is None, "the implied next note (7.85) is not overdue before the line"
-    # staccato (held 60 %): a quarter at 7 released at 7.6 implies a note on 8: listen through the
-    # line, then enter on its "and" (or the next beat when that is too close)
-    assert e(7, 7.6, 7.9, 0.6) is None
-    assert e(7, 7.6, 8.05, 0.6) is None
-    assert e(7, 7.6, 8.1, 0.6) == 8.5
-    assert e(7, 7.6, 8.45, 0.6) == 9
-    # the same player shortened the last note: a clear stop before the line, enter on it
-    assert e(7, 7.2, 7.9, 0.6) == 8
-    # released just after the line: the next beat
+    # the last note of a two-bar phrase ends before the line (beat 8): whether the player goes on or
+    # starts the next phrase after a rest, they play on the line; liveduet listens through it, then
+    # enters on its "and" (or the next beat when that is too close)
+    for onset, released, articulation in ((7, 7.75, 1.0), (7, 7.6, 0.6), (6, 6.5, 1.0)):
+        assert e(onset, released, 7.9, articulation) is None
+        assert e(onset, released, 8.05, articulation) is None
+        assert e(onset, released, 8.1, articulation) == 8.5
+        assert e(onset, released, 8.45, articulation) == 9
+    # released just after the line: the next beat, planned as late as the margin allows
     assert e(8, 8.2, 8.85) is None and e(8, 8.2, 8.88) == 9
-    # no line inside the first phrase (bar 1 of 2): silence decides, once the implied note is overdue
+    # no line inside the first phrase (bar 1 of 2): silence decides, once the implied note is overdue,
     # then listens through the next beat and enters on its "and"
     assert e(3, 3.9, 3.9) is None
     assert e(3, 3.9, 4.65) is None and e(3, 3.9, 5.05) is None
     assert e(3, 3.9, 5.1) == 5.5
     assert e(2, 3.2, 4.05, 0.6) is None, "a staccato half note: its next note is due at 4, not yet overdue"
     assert e(2, 3.2, 4.1, 0.6) is None and e(2, 3.2, 5.1, 0.6) == 5.5
+    # a long note held in a slow staccato: its implied next note is capped at the hard end (1.5 beats)
+    assert entry.expected_onset(0, 4, 0.25, longest=1.5) == 5.5
 
 
 # ---- context policy -----------------------------------------------------------------------------------
@@ -118,19 +115,19 @@ def test_call_memory_starts_every_call_fresh():
 
 # ---- early entry through the engine -------------------------------------------------------------------
 
-@pytest.mark.parametrize("last,entry_beat", [(0.2, 8.0), (0.45, 8.5)])
-def test_answer_enters_on_the_bar_line_or_its_and(last, entry_beat):
+@pytest.mark.parametrize("last", [0.2, 0.45])
+def test_answer_enters_on_the_and_of_the_phrase_bar_line(last):
     clock, out, sched, engine, sampler = make()
     t0 = clock.now()
-    # 8 beats of legato 8ths; the last one short (a clear stop: enter on the line) or as the others
-    # (it could have gone on: listen through the line, enter on its "and")
+    # 8 beats of 8ths, the last one short or as the others: liveduet listens through the line (beat
+    # 8), then enters on its "and"
     play(engine, clock, sched, [(i * 0.5, 0.45, 60 + i % 5) for i in range(15)] + [(7.5, last, 64)])
     run_until(engine, clock, sched, clock.now() + 2.0)
     first = min(t for t, m in out.sent if m.type == "note_on")
-    assert first == pytest.approx(t0 + entry_beat * 0.5)
+    assert first == pytest.approx(t0 + 8.5 * 0.5)
     # the model heard the silence before the answer as a rest: its first event sits where it sounds
     heard = sum(d for _, d in engine.vocab.decode(engine.call.tokens))
-    assert heard == entry_beat * 12
+    assert heard == 8.5 * 12
 
 
 def test_early_entry_does_not_cut_a_call_that_continues():
@@ -151,6 +148,16 @@ def test_early_entry_does_not_cut_a_call_that_continues():
     assert engine.call.tokens[: len(expected)] == expected
     assert engine.call.tokens[len(expected)] == engine.vocab.rest_id, "then the rest before the answer"
     assert balanced([m for _, m in out.sent])
+
+
+def test_a_new_phrase_on_the_line_after_a_rest_is_heard_not_cut():
+    clock, out, sched, engine, sampler = make()
+    # a two-bar phrase ending with a quarter on beat 6 and a rest, then the next phrase on beat 8
+    first = [(i * 0.5, 0.45, 60 + i % 5) for i in range(12)] + [(6, 0.9, 67)]
+    second = [(8 + i * 0.5, 0.45, 64 - i % 4) for i in range(8)]
+    play(engine, clock, sched, first + second)
+    assert not any(m.channel == 1 for _, m in out.sent), "nothing sounded over the player"
+    assert engine.state is State.CALLING and engine.answers == 0
 
 
 # ---- expression ----------------------------------------------------------------------------------------

@@ -185,10 +185,10 @@ class Engine:
                     a.target += TICKS
                 self._generate(now)
             silence = self.s.phrase.silence_beats * beat
-            if self.silent_since is not None and now - self.silent_since >= silence:
-                self._apply(Input.SILENCE, now, None)
-            elif self.silent_since is not None and self._likely_end(now):
+            if self.silent_since is not None and self._likely_end(now):
                 self._apply(Input.LIKELY_END, now, None)
+            elif self.silent_since is not None and now - self.silent_since >= silence and not self._predicting():
+                self._apply(Input.SILENCE, now, None)
             elif now - self.last_input >= max(2 * silence, IDLE_BEATS * beat):
                 # Keys "held" with nothing else happening: a note-off was lost (an unplugged
                 # cable, a dropped event). The call must still end, and those keys are forgotten.
@@ -327,11 +327,15 @@ class Engine:
         if gap > 0:
             self._feed([((), min(gap, self.vocab.settings.max_duration))])
 
+    def _predicting(self) -> bool:
+        """Whether live/entry.py decides when the call ends (else `silence_beats` of silence does)."""
+        return (self.s.phrase.early_entry and not self.s.practice.call_bars and self.s.phrase.end_gesture == "silence"
+                and self.mode != "accompany")
+
     def _likely_end(self, now: float) -> bool:
         """Whether the silent call seems to end on a coming beat (live/entry.py); remembers the beat."""
         call = self.call
-        if (call is None or self.silent_since is None or not self.s.phrase.early_entry or self.s.practice.call_bars
-                or self.s.phrase.end_gesture != "silence" or self.mode == "accompany"):
+        if call is None or self.silent_since is None or not self._predicting():
             return False
         if call.release is None or call.release[0] != self.silent_since:
             bpm = self.bpm if self.grid_fixed else estimate_bpm(call.onsets, call.bpm, self.s.tempo.min_bpm,
@@ -343,7 +347,8 @@ class Engine:
         to_beats = bpm / 60.0
         target = entry.entry_beat((call.onsets[-1] - anchor) * to_beats, (self.silent_since - anchor) * to_beats,
                                   (now - anchor) * to_beats, margin_s * to_beats, ENTRY_WINDOW_S * to_beats,
-                                  self.s.practice.beats_per_bar, self.s.phrase.entry_silence_beats, articulation)
+                                  self.s.practice.beats_per_bar, self.s.phrase.entry_silence_beats, articulation,
+                                  self.s.phrase.silence_beats)
         self.entry_target = target
         return target is not None
 
