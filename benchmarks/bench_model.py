@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from liveduet.config import load_train_config
+from liveduet.model.config import load_train_config
 from liveduet.model.lstm import DuetLM
 from liveduet.model.runtime import ModelRuntime
 from liveduet.model.sampling import Sampler

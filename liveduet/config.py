@@ -1,9 +1,10 @@
-"""Config files: TOML tables → validated dataclasses, one section at a time.
+"""The one TOML loader and validator: TOML tables → dataclasses, one section at a time.
 
-A config file holds sections (`[model]`, `[train]`, later `[live]`); each section maps onto one
-dataclass through `parse_section`, which rejects unknown keys and wrong types with a ConfigError
-naming the key and the value, then runs the dataclass' own `validate()` for ranges. A new section
-needs only its dataclass and one `parse_section` call.
+Every config file (training: liveduet/model/config.py; live settings: liveduet/live/settings.py)
+is read by `load_toml` and each of its sections maps onto one dataclass through `parse_section`,
+which rejects unknown keys and wrong types with a ConfigError naming the key and the value, then
+runs the dataclass' own `validate()` for ranges. Ground floor: imports nothing of liveduet's but
+its errors.
 """
 
 from __future__ import annotations
@@ -12,76 +13,12 @@ import dataclasses
 import tomllib
 import types
 import typing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from liveduet.errors import ConfigError
-from liveduet.model.lstm import ModelConfig
 
 T = TypeVar("T")
-
-LR_SCHEDULES = ("constant", "cosine")
-OPTIMIZERS = ("adam", "adamw")
-TARGETS = ("all", "last")
-PRECISIONS = ("fp32", "bf16", "auto")
-
-
-@dataclass
-class TrainConfig:
-    seq_len: int = 128  # tokens per training window
-    batch: int = 64  # windows per optimiser step (across all processes)
-    lr: float = 2e-3
-    lr_schedule: str = "cosine"  # "constant" | "cosine" (decays to lr * min_lr_ratio over `epochs`)
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
-    optimizer: str = "adamw"  # "adam" | "adamw"
-    weight_decay: float = 0.01  # AdamW's decoupled decay (ignored by "adam")
-    grad_clip: float = 1.0  # max global gradient norm; 0 = off
-    epochs: int = 20
-    patience: int = 3  # stop after this many evaluations without a better validation NLL; 0 = never
-    eval_every: int = 0  # also evaluate (and checkpoint) every N steps; 0 = once per epoch
-    targets: str = "all"  # "all": every position of a window is a target; "last": the seed's way
-    label_smoothing: float = 0.0
-    # "bf16": matrix products under bf16 autocast (weights, optimiser and loss stay fp32); ~1.9x
-    # faster on CPUs with AMX/AVX512-BF16. "auto": bf16 where the hardware has it, else fp32.
-    precision: str = "fp32"
-
-    def validate(self) -> None:
-        def bad(key: str, why: str) -> ConfigError:
-            return ConfigError(f"[train] {key} = {getattr(self, key)!r}: {why}")
-
-        if not 2 <= self.seq_len <= 100_000:
-            raise bad("seq_len", "must be 2..100000")
-        if not 1 <= self.batch <= 100_000:
-            raise bad("batch", "must be 1..100000")
-        if not 0 < self.lr <= 1:
-            raise bad("lr", "must be in (0, 1]")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise bad("lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise bad("min_lr_ratio", "must be in [0, 1]")
-        if self.warmup_steps < 0:
-            raise bad("warmup_steps", "must be >= 0")
-        if self.optimizer not in OPTIMIZERS:
-            raise bad("optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
-        if not 0 <= self.weight_decay < 1:
-            raise bad("weight_decay", "must be in [0, 1)")
-        if self.grad_clip < 0:
-            raise bad("grad_clip", "must be >= 0 (0 = off)")
-        if not 1 <= self.epochs <= 100_000:
-            raise bad("epochs", "must be 1..100000")
-        if self.patience < 0:
-            raise bad("patience", "must be >= 0 (0 = never stop early)")
-        if self.eval_every < 0:
-            raise bad("eval_every", "must be >= 0 (0 = once per epoch)")
-        if self.targets not in TARGETS:
-            raise bad("targets", f"must be one of {', '.join(TARGETS)}")
-        if not 0 <= self.label_smoothing < 1:
-            raise bad("label_smoothing", "must be in [0, 1)")
-        if self.precision not in PRECISIONS:
-            raise bad("precision", f"must be one of {', '.join(PRECISIONS)}")
-
 
 def _check_type(section: str, key: str, value: Any, hint: Any) -> Any:
     """The value if it fits the field's type (an int is a float; a bool is not an int), else ConfigError."""
@@ -104,8 +41,9 @@ def _check_type(section: str, key: str, value: Any, hint: Any) -> Any:
     raise ConfigError(f"[{section}] {key} = {value!r}: must be {names}, not {type(value).__name__}")
 
 
-def parse_section(section: str, table: Any, cls: type[T], forbidden: tuple[str, ...] = ()) -> T:
-    """One TOML table → a validated `cls` instance. Missing keys take the dataclass defaults."""
+def parse_section(section: str, table: Any, cls: type[T], forbidden: tuple[str, ...] = (), base: T | None = None) -> T:
+    """One TOML table → a validated `cls` instance. Missing keys take the dataclass defaults, or
+    `base`'s values when one is given."""
     if table is None:
         table = {}
     if not isinstance(table, dict):
@@ -118,7 +56,7 @@ def parse_section(section: str, table: Any, cls: type[T], forbidden: tuple[str, 
             allowed = ", ".join(sorted(fields - set(forbidden)))
             raise ConfigError(f"[{section}] unknown key {key!r} = {value!r} (known keys: {allowed})")
         values[key] = _check_type(section, key, value, hints[key])
-    obj = cls(**values)
+    obj = dataclasses.replace(base, **values) if base is not None else cls(**values)
     validate = getattr(obj, "validate", None)
     if validate is not None:
         validate()
@@ -134,6 +72,10 @@ def load_toml(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} does not exist") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path} is not valid TOML: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not a TOML text file (not UTF-8 at byte {err.start})") from err
+    except IsADirectoryError as err:
+        raise ConfigError(f"{path} is a folder, not a config file") from err
     except OSError as err:
         raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from err
 
@@ -143,23 +85,3 @@ def check_sections(data: dict, known: tuple[str, ...], path: str | Path) -> None
     for key in data:
         if key not in known:
             raise ConfigError(f"{path}: unknown section [{key}] (known: {', '.join(known)})")
-
-
-# vocab_size comes from the data's vocabulary; a config file setting it would only disagree.
-MODEL_FORBIDDEN = ("vocab_size",)
-TRAIN_SECTIONS = ("model", "train")
-
-
-def model_config_from(table: Any) -> ModelConfig:
-    return parse_section("model", table, ModelConfig, forbidden=MODEL_FORBIDDEN)
-
-
-def train_config_from(table: Any) -> TrainConfig:
-    return parse_section("train", table, TrainConfig)
-
-
-def load_train_config(path: str | Path, extra_sections: tuple[str, ...] = ()) -> tuple[ModelConfig, TrainConfig]:
-    """A training config file: [model] and [train] (other sections must be in `extra_sections`)."""
-    data = load_toml(path)
-    check_sections(data, TRAIN_SECTIONS + extra_sections, path)
-    return model_config_from(data.get("model")), train_config_from(data.get("train"))

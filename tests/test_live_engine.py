@@ -238,7 +238,7 @@ def test_live_settings_validation(tmp_path):
     with pytest.raises(ConfigError, match="answer.temperature = 5.0"):
         load_live_settings(bad)
     bad.write_text("[answer]\ntemprature = 1.0\n")
-    with pytest.raises(ConfigError, match="unknown key answer.temprature"):
+    with pytest.raises(ConfigError, match="unknown key .temprature."):
         load_live_settings(bad)
     bad.write_text("[answer\n")
     with pytest.raises(ConfigError, match="not valid TOML"):

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from liveduet.config import load_train_config, parse_section
+from liveduet.config import parse_section
 from liveduet.errors import ConfigError
+from liveduet.model.config import load_train_config
 from liveduet.model.export import script_step_module
 from liveduet.model.lstm import AttnState, DuetLM, GRUState, LSTMState, ModelConfig
 

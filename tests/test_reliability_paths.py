@@ -108,10 +108,14 @@ def test_run_config_that_is_not_a_text_file(case: str, tmp_path: Path, files: di
     if case == "unreadable":
         config.write_text("[tempo]\n")
 
-        def refuse(self: Path, *args: object, **kwargs: object) -> str:
-            raise PermissionError(13, "Permission denied", str(self))
+        real_open = Path.open
 
-        monkeypatch.setattr(Path, "read_text", refuse)  # as root, chmod 000 would not stop the read
+        def refuse(self: Path, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+            if self == config:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real_open(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "open", refuse)  # as root, chmod 000 would not stop the read
     word = {"binary": "not a TOML text file", "folder": "is a folder", "unreadable": "Permission denied"}[case]
     one_line_error(capsys, ["run", "--in", str(files["session"]), "--model", NO_MODEL, "--config", str(config)],
                    str(config), word)

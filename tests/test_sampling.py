@@ -249,7 +249,7 @@ def real_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained model exported through the real path (checkpoint → export → runtime)."""
     from dataclasses import asdict
 
-    from liveduet.config import TrainConfig
+    from liveduet.model.config import TrainConfig
 
     root = tmp_path_factory.mktemp("sampling")
     torch.manual_seed(0)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from liveduet.config import check_sections, load_toml, parse_section
 from liveduet.errors import ConfigError
 
 
@@ -132,26 +132,11 @@ class LiveSettings:
 
 
 def _build(base: LiveSettings, data: dict[str, Any], source: str = "override") -> LiveSettings:
-    parts = {}
-    for f in fields(LiveSettings):
-        section = getattr(base, f.name)
-        given = data.get(f.name, {})
-        if not isinstance(given, dict):
-            raise ConfigError(f"{source}: [{f.name}] must be a table")
-        known = {g.name: g for g in fields(section)}
-        for key, value in given.items():
-            if key not in known:
-                raise ConfigError(f"{source}: unknown key {f.name}.{key} (known: {', '.join(known)})")
-            want = type(getattr(section, key))
-            if want is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-                raise ConfigError(f"{source}: {f.name}.{key} = {value!r} should be {want.__name__}")
-            given = {**given, key: value}
-        parts[f.name] = replace(section, **given)
-    unknown = set(data) - {f.name for f in fields(LiveSettings)}
-    if unknown:
-        raise ConfigError(f"{source}: unknown section [{sorted(unknown)[0]}]")
+    """`base` with the given sections' values, each checked by the one loader (liveduet/config.py),
+    then the whole validated by LiveSettings."""
+    check_sections(data, tuple(f.name for f in fields(LiveSettings)), source)
+    parts = {f.name: parse_section(f.name, data.get(f.name), type(getattr(base, f.name)), base=getattr(base, f.name))
+             for f in fields(LiveSettings)}
     return LiveSettings(**parts)
 
 
@@ -159,17 +144,4 @@ def load_live_settings(path: str | Path | None) -> LiveSettings:
     """Defaults, overridden by a TOML file when one is given."""
     if path is None:
         return LiveSettings()
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise ConfigError(f"no config file at {path}") from err
-    except IsADirectoryError as err:
-        raise ConfigError(f"{path} is a folder, not a config file") from err
-    except OSError as err:  # PermissionError and the like
-        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from err
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not a TOML text file (not UTF-8 at byte {err.start})") from err
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML: {err}") from err
-    return _build(LiveSettings(), data, str(path))
+    return _build(LiveSettings(), load_toml(path), str(path))

@@ -34,8 +34,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from liveduet.config import TrainConfig, load_train_config, model_config_from, train_config_from
 from liveduet.errors import ConfigError, LiveduetError, ModelLoadError
+from liveduet.model.config import TrainConfig, load_train_config, model_config_from, train_config_from
 from liveduet.model.lstm import DuetLM, ModelConfig
 from liveduet.music.dataset import load_dataset
 from liveduet.music.tokens import PAD, Vocabulary
