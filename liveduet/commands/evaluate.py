@@ -166,7 +166,7 @@ def run_live(args: argparse.Namespace) -> int:
     report["targets"] = targets_met(report)
     report["data"] = str(args.data)
     if args.card:
-        from liveduet.model.export import update_card
+        from liveduet.model.card import update_card
 
         live = dict(runtime.card.get("live_evaluation") or {})
         runs = dict(live.get("runs") or {})

@@ -52,7 +52,7 @@ LOADERS = {"torchscript": _load_torchscript}
 
 
 def _sha256(path: Path) -> str:
-    from liveduet.model.export import sha256_of
+    from liveduet.model.card import sha256_of
 
     return sha256_of(path)
 
