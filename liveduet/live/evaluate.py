@@ -162,7 +162,7 @@ def run_live_eval(runtime: Any, data: Dataset, base: LiveSettings, options: Live
             _advance(session, clock, min(deadline, clock.now() + 0.05))
         other = items[(i + len(items) // 2) % len(items)]  # far down the list: another file, as a rule
         rows.append(_score(ex, other, perf, played, out.sent[first_sent:], t0,
-                           session.engine.bpm, settings.answer.channel))
+                           options.bpm, settings.answer.channel))  # the player's beats, whatever liveduet heard
         log(f"call {i + 1}/{len(items)}")
     wall = time.perf_counter() - started
     report = summarize(rows)
