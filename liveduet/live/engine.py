@@ -1,9 +1,14 @@
 """The engine: the player's events in, the answer's notes scheduled out.
 
-It owns the state machine (phrase.py), the streaming tokenizer (the one training used), the
-sampler with its cached model state, and the answer plan. It is driven by two calls from one
-thread — `handle(t, msg)` for each input message and `tick(now)` between them — and never sleeps,
-so tests drive it with a manual clock and a fake port, microsecond by microsecond.
+It carries out the state machine's actions (phrase.py): the call side — the streaming tokenizer
+(the one training used, reading live input as a performance), the sampler's cached model state,
+what it remembers between calls (memory.py), when the call ends (entry.py) — and hands the answer
+to answer.py, which listens to the call and plays the answer out; grid.py keeps the beat grid and
+commands.py is how every control surface reaches it. It is driven by three calls from one thread —
+`handle(t, msg)` for each input message, `command(cmd, t)` for each command, `tick(now)` between
+them — and never sleeps, so tests drive it with a manual clock and a fake port, microsecond by
+microsecond. Invariant: an answer's notes are scheduled only between END_CALL and the answer's end
+or its cancellation, and a cancelled (ENTERING) answer leaves the model exactly as before END_CALL.
 
 Timing: the call's tokens are stepped through the model as they are played, so when the call
 ends only the answer is left to compute; the answer is generated `lookahead_s` ahead of the
