@@ -24,7 +24,7 @@ from liveduet.live.clock import Clock
 from liveduet.live.scheduler import Scheduler, percentile
 from liveduet.live.settings import AnswerSettings, LiveSettings
 from liveduet.music import listening
-from liveduet.music.tokens import TICKS, Event, StreamTokenizer, Vocabulary
+from liveduet.music.tokens import TICKS, Event, StreamTokenizer, TokenizerSettings, Vocabulary
 
 SUSTAIN = 64
 SEND_GUARD_S = 0.004  # no sampling this close before a scheduled send (see send_imminent)
@@ -185,6 +185,41 @@ class AnswerPlayer:
         now = self.clock.now()
         due = self.scheduler.next_due()
         return due is not None and 0 <= due - now < SEND_GUARD_S and a.time_of(a.pos) - now > 4 * SEND_GUARD_S
+
+
+def retokenize(call: Call, bpm: float, end: float, settings: TokenizerSettings, window_beats: float) -> list[Event]:
+    """The call's events again, at the tempo heard over the whole call (the engine re-primes with them)."""
+    tok = StreamTokenizer(settings, window_beats, performed=True)
+    events: list[Event] = []
+    scale = bpm / 60.0
+    for t, msg in call.messages:
+        events += tokenize_message(tok, (t - call.t0) * scale, msg)
+    return events + tok.flush((end - call.t0) * scale)
+
+
+def answer_stats(a: Answer, stopped: bool, bpm: float, call_tokens: int) -> dict:
+    """One answer's timing figures (`run --stats`, one JSON line each)."""
+    late = sorted(a.lateness)
+    steps = sorted(a.step_ms)
+    return {
+        "answer": a.number,
+        "stopped": stopped,
+        "bpm": round(bpm, 2),
+        "phrase_end": a.phrase_end,
+        "scheduled_first": a.first_due,
+        "actual_first": a.first_sent,
+        "first_late_ms": None if a.first_sent is None or a.first_due is None
+        else round((a.first_sent - a.first_due) * 1e3, 3),
+        "start_after_phrase_end_ms": round((a.start - a.phrase_end) * 1e3, 1),
+        "tokens": len(a.tokens),
+        "call_tokens": call_tokens,
+        "step_ms_p50": summary_pct(steps, 50),
+        "step_ms_p99": summary_pct(steps, 99),
+        "late_ms_p50": summary_pct(late, 50, 1e3),
+        "late_ms_p99": summary_pct(late, 99, 1e3),
+        "late_ms_max": round(late[-1] * 1e3, 3) if late else None,
+        "messages": len(late),
+    }
 
 
 def tokenize_message(tok: StreamTokenizer, beat: float, msg: mido.Message) -> list[Event]:

@@ -34,9 +34,11 @@ from liveduet.live.answer import (
     AnswerPlayer,
     Call,
     LiveSampler,
+    answer_stats,
     articulation_of,
     call_notes,
     listen,
+    retokenize,
     summary_pct,
     tokenize_message,
 )
@@ -396,13 +398,7 @@ class Engine:
     def _retokenize(self, call: Call, bpm: float, end: float) -> None:
         """The call's tokens again at the tempo heard over the whole call, and the model re-primed."""
         self.sampler.restore(call.checkpoint)
-        window = self._window_beats(bpm)
-        tok = StreamTokenizer(self.vocab.settings, window, performed=True)
-        events: list[Event] = []
-        scale = bpm / 60.0
-        for t, msg in call.messages:
-            events += tokenize_message(tok, (t - call.t0) * scale, msg)
-        events += tok.flush((end - call.t0) * scale)
+        events = retokenize(call, bpm, end, self.vocab.settings, self._window_beats(bpm))
         call.tokens = []
         call.bpm = bpm
         self._feed(events)
@@ -454,27 +450,7 @@ class Engine:
         self.last_answer_tokens = a.tokens
         self.log(f"answer {a.number}: {'stopped' if stopped else 'done'}, {len(a.tokens)} tokens")
         if self.on_answer is not None:
-            late = sorted(a.lateness)
-            steps = sorted(a.step_ms)
-            self.on_answer({
-                "answer": a.number,
-                "stopped": stopped,
-                "bpm": round(self.bpm, 2),
-                "phrase_end": a.phrase_end,
-                "scheduled_first": a.first_due,
-                "actual_first": a.first_sent,
-                "first_late_ms": None if a.first_sent is None or a.first_due is None
-                else round((a.first_sent - a.first_due) * 1e3, 3),
-                "start_after_phrase_end_ms": round((a.start - a.phrase_end) * 1e3, 1),
-                "tokens": len(a.tokens),
-                "call_tokens": len(self.call.tokens) if self.call else 0,
-                "step_ms_p50": summary_pct(steps, 50),
-                "step_ms_p99": summary_pct(steps, 99),
-                "late_ms_p50": summary_pct(late, 50, 1e3),
-                "late_ms_p99": summary_pct(late, 99, 1e3),
-                "late_ms_max": round(late[-1] * 1e3, 3) if late else None,
-                "messages": len(late),
-            })
+            self.on_answer(answer_stats(a, stopped, self.bpm, len(self.call.tokens) if self.call else 0))
 
     def _panic(self, t: float) -> None:
         if self.answer is not None:
