@@ -77,6 +77,7 @@ def test_live_eval_cli(folk: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     (["--set", "answer.memory=sometimes"], "answer.memory = 'sometimes' is out of range"),
     (["--set", "answer.nope=1"], "[answer] unknown key 'nope'"),
     (["--calls", "1"], "--calls and --beats must be at least 2"),
+    (["--out", "/nonexistent/folder/report.json"], "cannot write the report"),
 ])
 def test_live_eval_bad_input_is_one_line(folk: Path, capsys: pytest.CaptureFixture, args: list[str],
                                          message: str) -> None:

@@ -152,6 +152,10 @@ def run_live(args: argparse.Namespace) -> int:
 
     if args.calls < 2 or args.beats < 2 or not 20 <= args.tempo <= 300:
         raise LiveduetError("--calls and --beats must be at least 2, --tempo within 20..300")
+    if args.out is not None:
+        from liveduet.fsutil import check_output_file
+
+        check_output_file(args.out, "the report")  # before minutes of work, not after
     settings = load_live_settings(args.config)
     if args.set:
         settings = settings.with_overrides(**parse_overrides(args.set))
