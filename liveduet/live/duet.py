@@ -59,6 +59,7 @@ SUMMARY_LABELS = {
     "notes_played": "notes played", "model_step_ms_p50": "model step p50 (ms)",
     "model_step_ms_p99": "model step p99 (ms)", "answer_late_ms_p99": "answer lateness p99 (ms)",
     "answer_late_ms_max": "answer lateness max (ms)", "events_dropped": "input events dropped",
+    "events_skipped": "events skipped by engine",
 }
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 from collections import Counter, deque
 from collections.abc import Callable
+from typing import Any
 
 import mido
 
@@ -29,7 +30,7 @@ CHANNEL_TYPES = frozenset(
 # Transport / timing: forwarded to `on_clock` when one is given.
 CLOCK_TYPES = frozenset({"clock", "start", "stop", "continue", "songpos"})
 
-Stamped = tuple[float, mido.Message]
+Stamped = tuple[float, Any]  # (clock time, a message — or, on the engine's queue, a command)
 
 
 def clean(msg: mido.Message) -> mido.Message | None:
@@ -83,47 +84,32 @@ class Inbox:
         return self.qsize() == 0
 
 
-class Listener:
-    """Stamps incoming messages with `clock.now()` into a bounded queue of `(t, message)`.
+class Gate:
+    """A bounded queue that never drops what ends a sound: an `Inbox` plus the bookkeeping of what
+    got in and has not ended yet (notes, pedals). Any thread may `offer`.
 
-    Pass `listener.callback` as the port callback. When the consumer falls behind, optional messages
-    are dropped and counted rather than growing memory without bound; see the module doc for what
-    is never dropped.
-    """
+    The Listener is one (the input door); the session's queue to the engine thread is another, so
+    a flood the router passes on (thru and the recording take everything) cannot pile up in front
+    of a slower engine either."""
 
-    def __init__(
-        self,
-        clock: Clock,
-        maxsize: int = 4096,
-        on_clock: Callable[[float, mido.Message], None] | None = None,
-    ) -> None:
-        self._clock = clock
+    def __init__(self, maxsize: int) -> None:
         self.queue = Inbox(maxsize, reserve=maxsize // 8)
-        self.on_clock = on_clock
-        self.dropped = 0  # queue full
-        self.filtered = 0  # hygiene messages
-        # What has got in and not yet ended. A lock, since for a moment during a reconnect two
-        # ports (two rtmidi threads) may feed one listener.
+        self.dropped = 0
+        # A lock, since for a moment during a reconnect two ports (two rtmidi threads) may feed one gate.
         self._admit_lock = threading.Lock()
         self._sounding: Counter[tuple[int, int]] = Counter()  # (channel, note) -> note-ons in
         self._pedal_down: set[int] = set()  # channels whose sustain pedal went down
 
-    def callback(self, msg: mido.Message) -> None:
-        """Runs on rtmidi's thread: stamp first (the stamp is the point of being fast), then enqueue."""
-        t = self._clock.now()
-        kept = clean(msg)
-        if kept is None:
-            self.filtered += 1
-            if self.on_clock is not None and msg.type in CLOCK_TYPES:
-                self.on_clock(t, msg)
-            return
-        # The original goes on, so thru can pass the player's bytes unchanged; consumers that
-        # need the normalised form call `clean` (the session does before the engine).
+    def offer(self, t: float, item: Any, kept: mido.Message | None = None, essential: bool = False) -> bool:
+        """Queue `(t, item)` unless the queue is nearly full and `kept` (the message in its cleaned
+        form) is optional; `essential` items (commands, say) always get in. False when dropped."""
         with self._admit_lock:
-            if self.queue.put((t, msg), self._ends_a_sound(kept)):
-                self._admitted(kept)
-            else:
-                self.dropped += 1
+            if self.queue.put((t, item), essential or (kept is not None and self._ends_a_sound(kept))):
+                if kept is not None:
+                    self._admitted(kept)
+                return True
+            self.dropped += 1
+            return False
 
     def _ends_a_sound(self, msg: mido.Message) -> bool:
         """Whether dropping `msg` could leave a sound hanging (a stuck note, a held pedal)."""
@@ -163,3 +149,36 @@ class Listener:
         while (item := self.queue.get_nowait()) is not None:
             out.append(item)
         return out
+
+
+class Listener(Gate):
+    """Stamps incoming messages with `clock.now()` into a bounded queue of `(t, message)`.
+
+    Pass `listener.callback` as the port callback. When the consumer falls behind, optional messages
+    are dropped and counted rather than growing memory without bound; see the module doc for what
+    is never dropped.
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        maxsize: int = 4096,
+        on_clock: Callable[[float, mido.Message], None] | None = None,
+    ) -> None:
+        super().__init__(maxsize)
+        self._clock = clock
+        self.on_clock = on_clock
+        self.filtered = 0  # hygiene messages
+
+    def callback(self, msg: mido.Message) -> None:
+        """Runs on rtmidi's thread: stamp first (the stamp is the point of being fast), then enqueue."""
+        t = self._clock.now()
+        kept = clean(msg)
+        if kept is None:
+            self.filtered += 1
+            if self.on_clock is not None and msg.type in CLOCK_TYPES:
+                self.on_clock(t, msg)
+            return
+        # The original goes on, so thru can pass the player's bytes unchanged; consumers that
+        # need the normalised form call `clean` (the session does before the engine).
+        self.offer(t, msg, kept)

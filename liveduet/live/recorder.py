@@ -139,7 +139,7 @@ class Recorder(Worker):
         self._lock = threading.Lock()  # guards _events and _pending; held only for appends
         self._io_lock = threading.Lock()  # one writer of the journal at a time
         self._flushed = threading.Condition()
-        self._events: list[Event] = []
+        self._events: list[tuple[float, str, bytes]] = []  # what `events` returns, the messages as bytes
         self._pending: list[tuple[str, float | None]] = []  # (journal line, the time it vouches for)
         self._appended = 0  # lines handed to the journal so far
         self._written = 0  # lines on disk (fsync'd)
@@ -180,11 +180,12 @@ class Recorder(Worker):
             self.filtered += 1
             return False
         rel = max(0.0, (self._clock.now() if t is None else t) - self.t0)
-        line = json.dumps({"t": rel, "track": track, "hex": kept.bin().hex()})
+        data = bytes(kept.bin())
+        line = json.dumps({"t": rel, "track": track, "hex": data.hex()})
         with self._lock:
             if self._finished:
                 return False
-            self._events.append((rel, track, kept))
+            self._events.append((rel, track, data))  # bytes: ~40 B where a mido.Message takes ~250
             self._pending.append((line, rel))
             self._appended += 1
         return True
@@ -206,7 +207,8 @@ class Recorder(Worker):
     @property
     def events(self) -> list[Event]:
         with self._lock:
-            return list(self._events)
+            events = list(self._events)
+        return [(t, track, mido.Message.from_bytes(data)) for t, track, data in events]
 
     # ---- journal -------------------------------------------------------------------------------
 

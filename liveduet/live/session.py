@@ -1,7 +1,8 @@
 """A running duet: the threads and ports around the engine, each with one job.
 
     input port (rtmidi thread) ─ Listener: stamp + enqueue
-      └─ router thread: thru to the output at once, record, hand to the engine
+      └─ router thread: thru to the output at once, record, hand to the engine (a bounded Gate:
+           │  under a flood the engine skips note-ons, never what ends a sound)
            └─ engine thread: tokenizer → model step → answer plan → Scheduler heap
                 └─ scheduler thread: absolute due times → output port → recorder
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import sys
 import threading
 from collections.abc import Callable
@@ -28,7 +28,7 @@ import mido
 from liveduet.live import commands
 from liveduet.live.clock import Clock, MonotonicClock
 from liveduet.live.engine import Engine, summary_pct
-from liveduet.live.listener import Listener, clean
+from liveduet.live.listener import Gate, Listener, clean
 from liveduet.live.phrase import State
 from liveduet.live.recorder import Recorder, journal_path
 from liveduet.live.scheduler import Scheduler
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 SWITCH_INTERVAL_S = 0.0005  # the GIL changes hands at least this often (Python's default: 5 ms)
 SNAPSHOT_EVERY_S = 0.1
+ENGINE_QUEUE = 512  # messages waiting for the engine thread: a human plays far fewer between two of its turns
 
 
 @dataclass(frozen=True)
@@ -88,9 +89,11 @@ class Session:
         self.input_ok = self.output_ok = True
         self._out_lock = threading.Lock()
         self._out: Any = None  # the output port, swapped on reconnect
-        self._to_engine: queue.Queue[tuple[float, mido.Message | commands.Command]] = queue.Queue()
+        # To the engine thread, bounded like the input door: under a flood thru and the recording take
+        # everything, the engine what it can (never dropping what ends a sound), at most a moment behind.
+        self._to_engine = Gate(ENGINE_QUEUE)
         # MIDI clock (when followed) goes to the engine thread; the rtmidi thread only enqueues.
-        on_clock = (lambda t, m: self._to_engine.put((t, m))) if settings.tempo.follow_clock else None
+        on_clock = (lambda t, m: self._to_engine.offer(t, m)) if settings.tempo.follow_clock else None
         self.listener = Listener(self.clock, on_clock=on_clock)
         self.scheduler = Scheduler(self._send, self.clock, on_sent=self._on_sent)
         self._stats = open(stats_path, "a", encoding="utf-8") if stats_path else None  # noqa: SIM115
@@ -170,15 +173,13 @@ class Session:
         rec = self.recorder
         if rec is not None and not control:
             rec.record_player(msg, t)
-        self._to_engine.put((t, clean(msg) or msg))
+        kept = clean(msg) or msg
+        self._to_engine.offer(t, kept, kept)
 
     def _run_engine(self) -> None:
         next_snapshot = 0.0
         while not self._stop.is_set():
-            try:
-                item = self._to_engine.get(timeout=self.engine.wait_hint())
-            except queue.Empty:
-                item = None
+            item = self._to_engine.get(timeout=self.engine.wait_hint())
             now = self.clock.now()
             self.engine_step(item, now)
             if now >= next_snapshot:
@@ -200,7 +201,7 @@ class Session:
             log.exception("engine error")
             engine.warnings.append(f"engine error: {type(err).__name__}: {err}")
             self.scheduler.panic()
-        if engine.state is State.LISTENING and self._to_engine.empty():
+        if engine.state is State.LISTENING and self._to_engine.queue.empty():
             self.answers_done.set()
         else:
             self.answers_done.clear()
@@ -212,11 +213,7 @@ class Session:
         now = self.clock.now()
         for item in self.listener.drain():
             self.route(*item)
-        while True:
-            try:
-                item = self._to_engine.get_nowait()
-            except queue.Empty:
-                break
+        for item in self._to_engine.drain():
             self.engine_step(item, now)
         self.engine_step(None, now)
         self.scheduler.run_due(now)
@@ -232,7 +229,7 @@ class Session:
         if isinstance(cmd, commands.Quit):
             self.quit.set()
             return None
-        self._to_engine.put((self.clock.now(), cmd))
+        self._to_engine.offer(self.clock.now(), cmd, essential=True)
         return None
 
     def panic(self) -> None:
@@ -297,7 +294,7 @@ class Session:
             "notes_heard": e.player_notes, "notes_played": e.answer_notes,
             "model_step_ms_p50": summary_pct(steps, 50), "model_step_ms_p99": summary_pct(steps, 99),
             "answer_late_ms_p99": round(late.p99 * 1e3, 3), "answer_late_ms_max": round(late.max * 1e3, 3),
-            "events_dropped": self.listener.dropped,
+            "events_dropped": self.listener.dropped, "events_skipped": self._to_engine.dropped,
         }
 
     def idle(self) -> bool:
@@ -312,7 +309,7 @@ class Session:
             engine=self.engine.snapshot(now), input_name=self.input_name, output_name=self.output_name,
             input_ok=self.input_ok, output_ok=self.output_ok,
             recording=str(rec.path) if rec else None, recorded_s=(now - rec.t0) if rec else 0.0,
-            late_p99_ms=self._late_p99_ms(), dropped=self.listener.dropped,
+            late_p99_ms=self._late_p99_ms(), dropped=self.listener.dropped + self._to_engine.dropped,
             elapsed_s=now - self._started_at,
         )
 
