@@ -88,7 +88,9 @@ def _latency_once(into: str, back_from: str, probes: int) -> dict:
 
 
 def merge(runs: list[dict]) -> dict:
-    ok = [r for r in runs if r["average_ms"] is not None]
+    # Only complete runs count: the tool's figures for a run it gave up on are garbage (its highest
+    # latency wraps to 2**64 ns when a probe never returns).
+    ok = [r for r in runs if r["average_ms"] is not None and r["received"] == r["sent"]]
     if not ok:
         return {"runs": runs}
     return {
