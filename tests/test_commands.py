@@ -6,9 +6,9 @@ import mido
 import pytest
 from test_live_engine import ScriptedSampler
 
+from liveduet.clock import ManualClock
 from liveduet.io.fake import FakeOutput
 from liveduet.live import commands
-from liveduet.live.clock import ManualClock
 from liveduet.live.commands import (
     CALL_KEY,
     EndCall,

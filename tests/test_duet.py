@@ -18,10 +18,10 @@ import pytest
 from rich.console import Console
 from test_live_engine import ScriptedSampler
 
+from liveduet.clock import ManualClock, MonotonicClock
 from liveduet.errors import PortNotFoundError
 from liveduet.io.fake import FakeBackend, FakeInput, FakeOutput
 from liveduet.live import commands
-from liveduet.live.clock import ManualClock, MonotonicClock
 from liveduet.live.duet import Duet, DuetOptions
 from liveduet.live.phrase import State
 from liveduet.live.recorder import Recorder, journal_path

@@ -7,9 +7,9 @@ import mido
 import pytest
 from test_live_engine import ScriptedSampler, balanced, play, run_until
 
+from liveduet.clock import ManualClock
 from liveduet.io.fake import FakeOutput
 from liveduet.live import entry, expression, memory
-from liveduet.live.clock import ManualClock
 from liveduet.live.engine import Engine
 from liveduet.live.phrase import Action, Input, State, transition
 from liveduet.live.scheduler import Scheduler

@@ -7,9 +7,9 @@ import random
 import mido
 import pytest
 
+from liveduet.clock import ManualClock
 from liveduet.errors import ConfigError
 from liveduet.io.fake import FakeOutput
-from liveduet.live.clock import ManualClock
 from liveduet.live.engine import Engine
 from liveduet.live.phrase import Action, Input, State, transition
 from liveduet.live.scheduler import Scheduler

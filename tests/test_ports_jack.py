@@ -15,9 +15,9 @@ import pytest
 from jack_util import JackServer, have_jackd, jack_connect
 
 from liveduet.cli import main
+from liveduet.clock import MonotonicClock
 from liveduet.errors import MidiBackendError, PortNotFoundError
 from liveduet.io.ports import PortWatcher, get_backend, list_ports, open_input, open_output, port_names
-from liveduet.live.clock import MonotonicClock
 from liveduet.live.listener import Listener
 from liveduet.live.panic import send_paced
 from liveduet.live.scheduler import LatenessStats, Scheduler

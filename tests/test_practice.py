@@ -7,8 +7,8 @@ import mido
 import pytest
 from test_live_engine import ScriptedSampler, balanced, play, run_until
 
+from liveduet.clock import ManualClock
 from liveduet.io.fake import FakeOutput
-from liveduet.live.clock import ManualClock
 from liveduet.live.engine import Engine
 from liveduet.live.midiclock import MidiClockFollower
 from liveduet.live.phrase import State

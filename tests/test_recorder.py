@@ -14,8 +14,8 @@ import mido
 import pytest
 
 from liveduet.cli import main
+from liveduet.clock import ManualClock
 from liveduet.errors import LiveduetError
-from liveduet.live.clock import ManualClock
 from liveduet.live.recorder import (
     TICKS_PER_BEAT,
     JournalError,

@@ -16,7 +16,7 @@ from pathlib import Path
 import mido
 import pytest
 
-from liveduet.live.clock import ManualClock
+from liveduet.clock import ManualClock
 from liveduet.live.recorder import JournalError, Recorder, RecordingError, journal_path, recover
 
 PAGE = 4096

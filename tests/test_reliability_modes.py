@@ -13,9 +13,9 @@ import mido
 import pytest
 
 from liveduet.cli import main
+from liveduet.clock import ManualClock
 from liveduet.commands import render as render_cmd
 from liveduet.fsutil import install, write_atomic
-from liveduet.live.clock import ManualClock
 from liveduet.live.recorder import Recorder, build_midi, journal_path, recover
 from liveduet.ui.report import draw_report
 

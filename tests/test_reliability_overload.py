@@ -10,7 +10,7 @@ from collections import Counter
 import mido
 import pytest
 
-from liveduet.live.clock import ManualClock
+from liveduet.clock import ManualClock
 from liveduet.live.listener import Listener, clean
 
 MAXSIZE = 64

@@ -14,7 +14,7 @@ import mido
 import pytest
 
 from liveduet.cli import main
-from liveduet.live.clock import ManualClock
+from liveduet.clock import ManualClock
 from liveduet.live.recorder import Recorder, build_midi, journal_path
 
 NO_MODEL = "/nonexistent/model"

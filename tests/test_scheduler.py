@@ -7,8 +7,8 @@ import threading
 import mido
 import pytest
 
+from liveduet.clock import ManualClock, MonotonicClock
 from liveduet.io.fake import FakeInput, FakeOutput, SendAfterCloseError
-from liveduet.live.clock import ManualClock, MonotonicClock
 from liveduet.live.listener import Listener, clean
 from liveduet.live.panic import channel_silence, panic_messages, send_paced
 from liveduet.live.scheduler import THRU_TAG, LatenessStats, Scheduler, percentile

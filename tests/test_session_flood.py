@@ -7,9 +7,9 @@ from __future__ import annotations
 import mido
 from test_live_engine import ScriptedSampler
 
+from liveduet.clock import ManualClock
 from liveduet.io.fake import FakeOutput
 from liveduet.live import commands
-from liveduet.live.clock import ManualClock
 from liveduet.live.session import ENGINE_QUEUE, Session
 from liveduet.live.settings import LiveSettings
 from liveduet.music.tokens import TokenizerSettings, Vocabulary

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 
 import mido
 
-from liveduet.live.clock import Clock, ManualClock
+from liveduet.clock import Clock, ManualClock
 
 
 class SendAfterCloseError(RuntimeError):

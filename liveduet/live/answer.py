@@ -19,8 +19,8 @@ from typing import Protocol
 
 import mido
 
+from liveduet.clock import Clock
 from liveduet.live import expression
-from liveduet.live.clock import Clock
 from liveduet.live.scheduler import Scheduler, percentile
 from liveduet.live.settings import AnswerSettings, LiveSettings
 from liveduet.music import listening

@@ -40,10 +40,10 @@ from typing import Any, Protocol
 
 import mido
 
+from liveduet.clock import Clock, MonotonicClock
 from liveduet.errors import LiveduetError, OutputPathError
 from liveduet.fsutil import os_error_line
 from liveduet.io import ports
-from liveduet.live.clock import Clock, MonotonicClock
 from liveduet.live.fileplayer import FilePlayer
 from liveduet.live.recorder import Recorder
 from liveduet.live.session import Session

@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import mido
 
+from liveduet.clock import Clock
 from liveduet.live import commands, entry, expression, memory
 from liveduet.live.answer import (
     SUSTAIN,
@@ -42,7 +43,6 @@ from liveduet.live.answer import (
     summary_pct,
     tokenize_message,
 )
-from liveduet.live.clock import Clock
 from liveduet.live.grid import Grid
 from liveduet.live.listener import CLOCK_TYPES
 from liveduet.live.phrase import Action, Input, State, transition

@@ -23,8 +23,8 @@ from typing import Any
 
 import mido
 
+from liveduet.clock import ManualClock
 from liveduet.io.fake import FakeOutput
-from liveduet.live.clock import ManualClock
 from liveduet.live.phrase import State
 from liveduet.live.session import Session, answer_sampler
 from liveduet.live.settings import LiveSettings

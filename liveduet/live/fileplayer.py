@@ -9,8 +9,8 @@ from pathlib import Path
 
 import mido
 
+from liveduet.clock import Clock
 from liveduet.errors import MidiFileError
-from liveduet.live.clock import Clock
 from liveduet.music.midifile import read_midi
 from liveduet.worker import Worker
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import mido
 
-from liveduet.live.clock import Clock
+from liveduet.clock import Clock
 
 # Channel voice messages: the only kind the live path and the recording use.
 CHANNEL_TYPES = frozenset(

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import mido
 
-from liveduet.live.clock import Clock
+from liveduet.clock import Clock
 
 BURST = 64  # messages per burst
 PAUSE_S = 0.003  # pause between bursts

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import mido
 
+from liveduet.clock import Clock, MonotonicClock
 from liveduet.errors import LiveduetError
 from liveduet.fsutil import check_output_file, disk_full, os_error_line
-from liveduet.live.clock import Clock, MonotonicClock
 from liveduet.live.listener import clean
 from liveduet.live.sessionfile import (  # the file itself: live/sessionfile.py
     DEFAULT_TEMPO_BPM,

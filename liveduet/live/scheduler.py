@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import mido
 
-from liveduet.live.clock import Clock, MonotonicClock
+from liveduet.clock import Clock, MonotonicClock
 from liveduet.live.listener import clean
 from liveduet.live.panic import BURST, PAUSE_S, SUSTAIN, note_offs, panic_messages, send_paced
 

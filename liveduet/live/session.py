@@ -25,8 +25,8 @@ from typing import Any
 
 import mido
 
+from liveduet.clock import Clock, MonotonicClock
 from liveduet.live import commands
-from liveduet.live.clock import Clock, MonotonicClock
 from liveduet.live.engine import Engine, summary_pct
 from liveduet.live.listener import Gate, Listener, clean
 from liveduet.live.phrase import State
