@@ -99,11 +99,15 @@ def check_output_file(path: str | os.PathLike[str], what: str = "output", force:
         raise OutputPathError(f"cannot write {what} {path}: folder {folder} does not exist")
     if not folder.is_dir():
         raise OutputPathError(f"cannot write {what} {path}: {folder} is not a folder")
+    _check_writable(folder, f"folder {folder}", what, path)
+    return path
+
+
+def _check_writable(folder: Path, named: str, what: str, path: Path) -> None:
     # access() answers EROFS for a read-only mount even for root (who passes every mode check).
     if not os.access(folder, os.W_OK | os.X_OK):
         why = "read-only file system" if _read_only(folder) else "permission denied"
-        raise OutputPathError(f"cannot write {what} {path}: folder {folder} is not writable ({why})")
-    return path
+        raise OutputPathError(f"cannot write {what} {path}: {named} is not writable ({why})")
 
 
 def _read_only(folder: Path) -> bool:
@@ -131,7 +135,5 @@ def check_output_folder(path: str | os.PathLike[str], what: str = "output") -> P
     existing = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
     if not existing.is_dir():
         raise OutputPathError(f"cannot write {what} {path}: {existing} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        why = "read-only file system" if _read_only(existing) else "permission denied"
-        raise OutputPathError(f"cannot write {what} {path}: {existing} is not writable ({why})")
+    _check_writable(existing, str(existing), what, path)
     return path

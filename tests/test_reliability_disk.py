@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import mido
 import pytest
+from tmpfs import mounted_tmpfs
 
 from liveduet.clock import ManualClock
 from liveduet.live.recorder import JournalError, Recorder, RecordingError, journal_path, recover
@@ -25,21 +25,8 @@ PAGE = 4096
 @pytest.fixture
 def disk() -> Iterator[Path]:
     """A 64 KiB tmpfs, unmounted afterwards."""
-    folder = Path(tempfile.mkdtemp(prefix="liveduet-disk-"))
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)],
-                              capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        folder.rmdir()
-        pytest.skip(f"cannot mount a tmpfs: {err}")
-    if done.returncode != 0:
-        folder.rmdir()
-        pytest.skip(f"cannot mount a tmpfs (needs root): {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs("size=64k", "liveduet-disk-") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], capture_output=True, timeout=30)
-        folder.rmdir()
 
 
 def free(folder: Path) -> int:

@@ -5,13 +5,12 @@ here get a model path that does not exist, so reaching the model would say somet
 from __future__ import annotations
 
 import json
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import mido
 import pytest
+from tmpfs import mounted_tmpfs
 
 from liveduet.cli import main
 from liveduet.clock import ManualClock
@@ -23,17 +22,8 @@ NO_MODEL = "/nonexistent/model"
 @pytest.fixture(scope="module")
 def read_only() -> Iterator[Path]:
     """A read-only tmpfs (as root, chmod 555 is ignored; a read-only mount is not)."""
-    folder = Path(tempfile.mkdtemp(prefix="liveduet-ro-"))
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
-                          capture_output=True, text=True, timeout=30)
-    if done.returncode != 0:
-        folder.rmdir()
-        pytest.skip(f"cannot mount a read-only tmpfs (needs root): {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs("ro,size=64k", "liveduet-ro-") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], capture_output=True, timeout=30)
-        folder.rmdir()
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ import mido
 
 from liveduet.clock import ManualClock
 from liveduet.io.fake import FakeOutput
+from liveduet.live.expression import Expression
 from liveduet.live.phrase import State
 from liveduet.live.session import Session, answer_sampler
 from liveduet.live.settings import LiveSettings
@@ -95,9 +96,8 @@ class Performance:
         return max(1, min(127, round(self.base + 36 * shape + accent + rng.randint(-3, 3))))
 
     def warp(self, beat: float) -> float:
-        whole, f = beat // 1, beat % 1
-        mid = self.swing / (1 + self.swing)
-        return whole + (f * 2 * mid if f <= 0.5 else mid + (f - 0.5) * 2 * (1 - mid))
+        """Straight time → this player's swung time (the same warp liveduet plays its answers with)."""
+        return Expression(swing=self.swing).warp(beat)
 
     def play(self, notes: list[Note]) -> list[Note]:
         """The notes as this player plays them: swung, each held `articulation` of its length
