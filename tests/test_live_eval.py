@@ -84,3 +84,12 @@ def test_live_eval_bad_input_is_one_line(folk: Path, capsys: pytest.CaptureFixtu
     rc = main(["evaluate", "--live", "--data", str(folk), "--model", str(MODEL), "--quiet", *args])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and message in err and "\n" not in err
+
+
+@pytest.mark.parametrize("manifest", ["{not json", "[1, 2]"])
+def test_live_eval_damaged_data_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                   manifest: str) -> None:
+    (tmp_path / "manifest.json").write_text(manifest)
+    rc = main(["evaluate", "--live", "--data", str(tmp_path), "--model", str(MODEL), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "manifest.json" in err and "\n" not in err

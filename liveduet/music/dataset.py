@@ -61,7 +61,12 @@ def load_dataset(path: str | Path) -> Dataset:
     path = Path(path)
     if not (path / "manifest.json").exists():
         raise CorpusError(f"{path} is not a prepared data folder (no manifest.json); run `liveduet prepare`")
-    manifest = json.loads((path / "manifest.json").read_text())
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorpusError(f"{path}/manifest.json is damaged ({err}); re-run prepare") from err
+    if not isinstance(manifest, dict):
+        raise CorpusError(f"{path}/manifest.json is not a manifest (a JSON object); re-run prepare")
     if manifest.get("format") != FORMAT:
         raise CorpusError(f"{path}: data format {manifest.get('format')!r} is not {FORMAT!r}; re-run prepare")
     vocab = Vocabulary.load(path / "vocab.json")
