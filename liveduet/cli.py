@@ -26,10 +26,13 @@ COMMANDS = [
     "train",
     "export",
     "generate",
+    "vary",
+    "morph",
     "evaluate",
     "recover",
     "render",
     "report",
+    "studio",
 ]
 
 
