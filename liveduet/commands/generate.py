@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 VELOCITY = 80
 
@@ -34,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from liveduet.fsutil import check_output_file, os_error_line
     from liveduet.model.runtime import ModelRuntime
     from liveduet.model.sampling import Sampler
-    from liveduet.music.midifile import notes_to_midi, read_midi, save_atomic
-    from liveduet.music.tokens import TICKS, events_to_notes, tokenize_notes
+    from liveduet.music.midifile import read_midi, save_atomic
+    from liveduet.music.tokens import TICKS
 
     if args.tokens < 1:
         raise ConfigError(f"--tokens must be at least 1, got {args.tokens}")
@@ -49,34 +51,63 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise ConfigError(str(err)) from err
 
-    bpm = args.bpm
-    primer_events = []
+    primer = None
     if args.primer is not None:
         try:
-            midi = read_midi(args.primer)
+            primer = read_midi(args.primer)
         except MidiFileError as err:  # the reader's reasons name no file: say which one
             raise MidiFileError(f"primer {args.primer}: {err}") from err
-        primer_events = tokenize_notes(midi.notes, runtime.vocab.settings, midi.pedal)
-        if not primer_events:
-            raise MidiFileError(f"{args.primer} has no notes to continue")
-        bpm = bpm or midi.first_bpm
-        for token in runtime.vocab.encode(primer_events):
-            sampler.feed(token)
-    bpm = bpm or 120.0
-
-    answer = [sampler.sample() for _ in range(args.tokens)]
-    events = list(runtime.vocab.decode(answer))
-    if args.primer is not None:
-        # The primer as the model heard it (quantised, chords mapped into the vocabulary).
-        primer_events = list(runtime.vocab.decode(runtime.vocab.encode(primer_events)))
-    start = sum(d for _, d in primer_events)
-    notes = [] if args.answer_only else events_to_notes(primer_events)
-    notes += events_to_notes(events, start=0 if args.answer_only else start)
-    midi_notes = [(on / TICKS, off / TICKS, pitch, VELOCITY) for on, off, pitch in notes]
     try:
-        save_atomic(notes_to_midi(midi_notes, bpm=bpm, track_name="liveduet generate"), args.out, force=args.force)
+        piece = generate_piece(runtime, sampler, args.tokens, primer, bpm=args.bpm, answer_only=args.answer_only)
+    except MidiFileError as err:
+        raise MidiFileError(f"{args.primer} {err}") from err
+    events, answer, bpm = piece.events, piece.tokens, piece.bpm
+    try:
+        save_atomic(piece.midi, args.out, force=args.force)
     except OSError as err:  # the disk filled, or the folder went away while sampling
         raise OutputPathError(f"cannot write {args.out}: {os_error_line(err)}") from err
     print(f"wrote {len(events)} events ({len(answer)} tokens, {sum(d for _, d in events) / TICKS:g} beats at "
           f"{bpm:g} bpm) to {args.out}")
     return 0
+
+
+@dataclass(frozen=True)
+class Piece:
+    """What `generate_piece` made: the file, the sampled events and tokens, the tempo."""
+
+    midi: Any  # mido.MidiFile
+    events: list  # the sampled (pitches, twelfths) events, the primer's not included
+    tokens: list[int]
+    bpm: float
+    notes: list[tuple[float, float, int, int]]  # (onset beats, end beats, pitch, velocity), primer first
+
+
+def generate_piece(runtime: Any, sampler: Any, tokens: int, primer: Any = None, bpm: float | None = None,
+                   answer_only: bool = False) -> Piece:
+    """Sample `tokens` tokens after an optional primer (a MidiNotes from the capped reader): the one
+    generator behind `liveduet generate` and the studio's Generate tab. The sampler is made (and
+    biased) by the caller. Raises MidiFileError when the primer has no notes."""
+    from liveduet.errors import MidiFileError
+    from liveduet.music.midifile import notes_to_midi
+    from liveduet.music.tokens import TICKS, events_to_notes, tokenize_notes
+
+    primer_events: list = []
+    if primer is not None:
+        primer_events = tokenize_notes(primer.notes, runtime.vocab.settings, primer.pedal)
+        if not primer_events:
+            raise MidiFileError("has no notes to continue")
+        bpm = bpm or primer.first_bpm
+        for token in runtime.vocab.encode(primer_events):
+            sampler.feed(token)
+    bpm = bpm or 120.0
+    answer = [sampler.sample() for _ in range(tokens)]
+    events = list(runtime.vocab.decode(answer))
+    if primer is not None:
+        # The primer as the model heard it (quantised, chords mapped into the vocabulary).
+        primer_events = list(runtime.vocab.decode(runtime.vocab.encode(primer_events)))
+    start = sum(d for _, d in primer_events)
+    notes = [] if answer_only else events_to_notes(primer_events)
+    notes += events_to_notes(events, start=0 if answer_only else start)
+    midi_notes = [(on / TICKS, off / TICKS, pitch, VELOCITY) for on, off, pitch in notes]
+    midi = notes_to_midi(midi_notes, bpm=bpm, track_name="liveduet generate")
+    return Piece(midi, events, answer, bpm, midi_notes)
