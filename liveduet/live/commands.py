@@ -2,16 +2,19 @@
 
 Surfaces produce commands; the engine thread consumes the musical ones (`Engine.command`), the
 session the ones about files and the process (`Record`, `Quit`). The MIDI control map is a pure
-function of a message and the settings (`from_control`), tested with plain messages. Every range a
+function of a message and the settings (`from_control`), tested with plain messages; so is the web
+page's JSON (`from_json`). Every range a
 control can set is defined here once.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import mido
 
+from liveduet.errors import LiveduetError
 from liveduet.live.settings import LiveSettings
 
 TEMPERATURE_RANGE = (0.1, 2.0)  # safe .. wild
@@ -101,3 +104,51 @@ def is_control(msg: mido.Message, settings: LiveSettings) -> bool:
     c = settings.controls
     return msg.type == "control_change" and msg.control in {
         x for x in (c.temperature_cc, c.length_cc, c.panic_cc) if x >= 0}
+
+
+class CommandError(LiveduetError):
+    """A control message from a client (the web page) that means no command; the reason in one line."""
+
+
+JSON_TYPES = ("temperature", "length", "mode", "lock", "panic", "record", "end_call")
+
+
+def _number(data: dict, bounds: tuple[float, float]) -> float:
+    value = data.get("value")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise CommandError(f"{data.get('type')}: value must be a number, got {value!r}")
+    if not bounds[0] <= value <= bounds[1]:
+        raise CommandError(f"{data.get('type')}: value must lie in {bounds[0]:g}..{bounds[1]:g}, got {value:g}")
+    return round(float(value), 2)
+
+
+def from_json(data: object, modes: tuple[str, ...] = MODES) -> Command:
+    """The command a JSON control message means (the web page's controls), or CommandError.
+
+    {"type": "temperature" | "length", "value": number in its range}, {"type": "mode", "value": one
+    of `modes`}, {"type": "lock", "value": null (unlock) | "call" | 0..11}, {"type": "panic" |
+    "record" | "end_call"}. Quit is not among them: a page may steer the duet, not end the process."""
+    if not isinstance(data, dict):
+        raise CommandError(f"a command is a JSON object, got {type(data).__name__}")
+    kind = data.get("type")
+    if kind == "temperature":
+        return SetTemperature(_number(data, TEMPERATURE_RANGE))
+    if kind == "length":
+        return SetLength(_number(data, LENGTH_RANGE))
+    if kind == "mode":
+        if data.get("value") not in modes:
+            raise CommandError(f"mode: value must be one of {', '.join(modes)}, got {data.get('value')!r}")
+        return SetMode(str(data["value"]))
+    if kind == "lock":
+        value = data.get("value")
+        if value is None:
+            return LockScale(None)
+        if value == "call":
+            return LockScale(CALL_KEY)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 12:
+            return LockScale(value)
+        raise CommandError(f"lock: value must be null, \"call\" or a tonic 0..11, got {value!r}")
+    simple = {"panic": Panic, "record": Record, "end_call": EndCall}
+    if kind in simple:
+        return simple[kind]()
+    raise CommandError(f"unknown command type {kind!r} (one of {', '.join(JSON_TYPES)})")
