@@ -16,7 +16,7 @@ from rich.console import Console
 from liveduet.live import commands
 from liveduet.live.session import SessionSnapshot
 from liveduet.live.snapshot import EngineSnapshot
-from liveduet.ui import dashboard
+from liveduet.ui import harmony
 from liveduet.ui.dashboard import (
     Dashboard,
     HarmonyCache,
@@ -220,7 +220,7 @@ def test_current_chord_is_the_last_beat() -> None:
 
 def test_harmony_cache_throttles_the_key_analysis(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[str, ...]] = []
-    monkeypatch.setattr(dashboard, "key_name", lambda names: calls.append(names) or f"key{len(calls)}")
+    monkeypatch.setattr(harmony, "key_name", lambda names: calls.append(names) or f"key{len(calls)}")
     now = [0.0]
     cache = HarmonyCache(key_every_s=0.5, clock=lambda: now[0])
     assert cache.names(("C4", "d1"), ("C4", "d1")).key == "key1"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
 import math
 import os
 import select
@@ -23,8 +22,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any, TextIO
 
@@ -33,13 +31,24 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from liveduet.errors import VocabularyError
 from liveduet.live import commands
-from liveduet.music.tokens import NOTE_NAMES, REST_NAME, TICKS, parse_pitch, pitch_name
+from liveduet.music.tokens import TICKS, pitch_name
+from liveduet.ui.harmony import (  # noqa: F401 - re-exported: the dashboard's API
+    KEY_EVERY_S,
+    Event,
+    Harmony,
+    HarmonyCache,
+    chord_name,
+    current_pitches,
+    harmony_inputs,
+    harmony_names,
+    import_music21,
+    key_name,
+    parse_token_names,
+)
 
 REFRESH_HZ = 10
 TEMPERATURE_STEP = 0.1
-KEY_EVERY_S = 0.5  # music21 key analysis costs ~30 ms: at most twice a second while a call grows
 MAX_ROLL_ROWS = 12
 NOTICE_S = 3.0  # how long the footer shows the result of a key press
 STATE_STYLE = {"listening": "bold green", "calling": "bold cyan", "entering": "bold magenta",
@@ -49,164 +58,8 @@ SIDE_BY_SIDE_WIDTH = 90  # narrower terminals get the call and answer rolls stac
 NO_OUTPUT = ("", "(none)")  # what `liveduet run` names the output when there is none (record only)
 FOOTER_KEYS = "p panic   + / - temperature   r record on/off   q quit"
 
-Event = tuple[tuple[int, ...], int]  # (pitches, duration in twelfths of a beat), as in music.tokens
 
 
-# ---- tokens → events ----------------------------------------------------------------------------
-
-
-def parse_token_names(names: Iterable[str]) -> list[Event]:
-    """Token names ("E4+G4+C5", "R", "d1/2", ...) → (pitches, twelfths) events.
-
-    The snapshot holds only the last tokens of a phrase, so it may start with a duration: a
-    duration without a pitch before it is skipped, as are specials and a trailing pitch.
-    """
-    events: list[Event] = []
-    pending: tuple[int, ...] | None = None
-    for name in names:
-        if name.startswith("d") and len(name) > 1 and name[1].isdigit():
-            if pending is not None:
-                events.append((pending, max(1, round(Fraction(name[1:]) * TICKS))))
-                pending = None
-        elif name == REST_NAME:
-            pending = ()
-        elif name.startswith("<"):
-            continue
-        else:
-            try:
-                pending = tuple(sorted(parse_pitch(p) for p in name.split("+")))
-            except VocabularyError:
-                pending = None
-    return events
-
-
-# ---- music theory (off the hot path, cached) ----------------------------------------------------
-
-
-def _display(name: str) -> str:
-    """music21 spells flats with '-' ("B-"): show them as 'b'."""
-    return name.replace("-", "b")
-
-
-@functools.lru_cache(maxsize=256)
-def key_name(names: tuple[str, ...]) -> str:
-    """The key of a token sequence by music21's Krumhansl–Schmuckler analysis ("G major"), or "—"."""
-    events = [e for e in parse_token_names(names) if e[0]]
-    if not events:
-        return "—"
-    from music21 import chord, note, stream  # ~0.7 s to import: only once a phrase is there
-
-    s = stream.Stream()
-    for pitches, dur in events:
-        ql = dur / TICKS
-        s.append(note.Note(pitches[0], quarterLength=ql) if len(pitches) == 1
-                 else chord.Chord(pitches, quarterLength=ql))
-    try:
-        k = s.analyze("key")
-    except Exception:  # music21 raises assorted errors on degenerate input; a name is not worth a crash
-        return "—"
-    return f"{_display(k.tonic.name)} {k.mode}"
-
-
-@functools.lru_cache(maxsize=256)
-def chord_name(pitches: tuple[int, ...]) -> str:
-    """A pitch set's name by music21 ("C major triad", "G dominant seventh chord"), or "—"."""
-    if not pitches:
-        return "—"
-    classes = {p % 12 for p in pitches}
-    if len(classes) == 1:
-        return NOTE_NAMES[min(pitches) % 12] + " (one note)"
-    from music21 import chord
-
-    try:
-        c = chord.Chord(list(pitches))
-        root, common = c.root().name, c.commonName
-    except Exception:  # as above
-        return "—"
-    if len(classes) == 2:  # a dyad reads better as "minor third on C" than music21's "Minor Third above C"
-        return f"{common.lower()} on {_display(c.bass().name)}"
-    return f"{_display(root)} {common}"
-
-
-def current_pitches(events: Sequence[Event], beats: float = 1.0) -> tuple[int, ...]:
-    """The pitches struck in the last `beats` of the phrase (at least its last pitched event):
-    the "current chord" of a melody is the harmony its recent notes outline."""
-    window = round(beats * TICKS)
-    out: set[int] = set()
-    end = sum(d for _, d in events)
-    pos = end
-    for pitches, dur in reversed(events):
-        pos -= dur
-        if end - pos > window and out:
-            break
-        out.update(pitches)
-    return tuple(sorted(out))
-
-
-@dataclass(frozen=True)
-class Harmony:
-    key: str
-    chord: str
-
-
-def harmony_names(key_tokens: tuple[str, ...], chord_tokens: tuple[str, ...]) -> tuple[str, str]:
-    """(key, chord) names by music21: what the harmony worker process computes."""
-    return key_name(key_tokens), chord_name(current_pitches(parse_token_names(chord_tokens)))
-
-
-class HarmonyCache:
-    """Key and chord names for the dashboard: cached by input; the key (the costly part) is
-    re-analysed at most every `key_every_s` while a phrase grows, the chord on every change.
-
-    With an `executor` (the live dashboard: one worker *process*) music21 runs there and `names`
-    never waits: it returns the latest finished answer. music21 is pure Python: ~30 ms of it in a
-    thread of the daemon held the GIL long enough to make scheduled notes 80 ms late.
-    """
-
-    def __init__(self, key_every_s: float = KEY_EVERY_S, clock: Callable[[], float] = time.monotonic,
-                 executor: Any = None) -> None:
-        self.key_every_s = key_every_s
-        self.clock = clock
-        self.executor = executor
-        self._key_input: tuple[str, ...] | None = None
-        self._chord_input: tuple[str, ...] | None = None
-        self._key = "—"
-        self._chord = "—"
-        self._key_at = -math.inf
-        self._pending: Any = None
-
-    def names(self, key_tokens: tuple[str, ...], chord_tokens: tuple[str, ...]) -> Harmony:
-        now = self.clock()
-        key_due = key_tokens != self._key_input and now - self._key_at >= self.key_every_s
-        if self.executor is None:
-            if key_due:
-                self._key_input, self._key, self._key_at = key_tokens, key_name(key_tokens), now
-            return Harmony(self._key, chord_name(current_pitches(parse_token_names(chord_tokens))))
-        if self._pending is not None and self._pending.done():
-            try:
-                self._key, self._chord = self._pending.result()
-            except Exception:  # a dead worker: keep the last names rather than break the view
-                pass
-            self._pending = None
-        if self._pending is None and (key_due or chord_tokens != self._chord_input):
-            ask_key = key_tokens if key_due else self._key_input or ()
-            self._key_input, self._chord_input = ask_key, chord_tokens
-            if key_due:
-                self._key_at = now
-            try:
-                self._pending = self.executor.submit(harmony_names, ask_key, chord_tokens)
-            except RuntimeError:  # shut down
-                pass
-        return Harmony(self._key, self._chord)
-
-
-def harmony_inputs(snapshot: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Which tokens name the key (the last call and its answer together) and the current chord
-    (the part sounding now: the answer while answering, else the call)."""
-    e = snapshot.engine
-    key_tokens = tuple(e.call_tokens) + tuple(e.answer_tokens)
-    chord_tokens = tuple(e.answer_tokens) if e.state == "answering" or not e.call_tokens else tuple(e.call_tokens)
-    return key_tokens, chord_tokens
 
 
 # ---- the piano roll -------------------------------------------------------------------------------
@@ -391,12 +244,6 @@ def render(
 # ---- the live view and the keys -----------------------------------------------------------------
 
 
-def _import_music21() -> None:
-    with contextlib.suppress(ImportError):
-        import music21.chord  # noqa: F401
-        import music21.stream  # noqa: F401
-
-
 class LogBuffer:
     """Stands in for sys.stderr while the dashboard runs: `write` appends to a deque, nothing more,
     so a log line from the engine thread costs microseconds and never waits on a lock or a tty."""
@@ -578,7 +425,7 @@ class Dashboard:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        self._executor = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=_import_music21)
+        self._executor = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=import_music21)
         self.harmony.executor = self._executor
 
     def stop(self) -> None:
