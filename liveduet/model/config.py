@@ -87,7 +87,12 @@ def train_config_from(table: Any) -> TrainConfig:
 
 
 def load_train_config(path: str | Path, extra_sections: tuple[str, ...] = ()) -> tuple[ModelConfig, TrainConfig]:
-    """A training config file: [model] and [train] (other sections must be in `extra_sections`)."""
+    """A language model's training config file: [model] and [train] (other sections must be in
+    `extra_sections`). Other families' files go through family.py's load_family_config."""
     data = load_toml(path)
     check_sections(data, TRAIN_SECTIONS + extra_sections, path)
-    return model_config_from(data.get("model")), train_config_from(data.get("train"))
+    table = dict(data.get("model") or {})
+    family = table.pop("family", "lm")
+    if family != "lm":
+        raise ConfigError(f"{path}: [model] family = {family!r}, not a language model config")
+    return model_config_from(table), train_config_from(data.get("train"))

@@ -28,6 +28,7 @@ from torch import Tensor
 from liveduet import __version__
 from liveduet.errors import LiveduetError, ModelLoadError
 from liveduet.model.card import render_card, sha256_of
+from liveduet.model.family import DEFAULT_FAMILY, family_class
 from liveduet.model.lstm import DuetLM
 from liveduet.model.train import load_checkpoint, model_from_checkpoint
 from liveduet.music.tokens import Vocabulary
@@ -114,6 +115,11 @@ def export_run(run_dir: str | Path, out: str | Path, force: bool = False, name: 
         raise ModelLoadError(f"run folder {run_dir} does not exist")
     ckpt_path = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "last.pt"
     ckpt = load_checkpoint(ckpt_path)
+    family = str(ckpt.get("family") or DEFAULT_FAMILY)
+    if family != DEFAULT_FAMILY:
+        if out.exists() and any(out.iterdir()) and not force:
+            raise LiveduetError(f"{out} exists (use --force to replace it)")
+        return family_class(family).export(run_dir, ckpt, out, force, name, evaluation)
     model = model_from_checkpoint(ckpt, ckpt_path).eval()
     vocab = Vocabulary.load(run_dir / "vocab.json")
     vocab.check_compatible(str(ckpt.get("vocab_fingerprint")), f"the checkpoint {ckpt_path}")
@@ -147,6 +153,7 @@ def export_run(run_dir: str | Path, out: str | Path, force: bool = False, name: 
     card = {
         "card_version": CARD_VERSION,
         "name": name or out.name,
+        "family": DEFAULT_FAMILY,
         "format": FORMAT_TORCHSCRIPT,
         "file": MODEL_FILE,
         "sha256": sha256_of(tmp / MODEL_FILE),

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from liveduet.errors import LiveduetError, ModelLoadError
+from liveduet.model.family import check_family
 from liveduet.model.lstm import AttnState, GRUState, LSTMState, ModelConfig, State
 from liveduet.music.tokens import BOS, Vocabulary
 
@@ -81,6 +82,9 @@ class ModelRuntime:
                                  "`liveduet export RUN_DIR --out DIR`") from err
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ModelLoadError(f"{path}/card.json is damaged: {err}") from err
+        if not isinstance(card, dict):
+            raise ModelLoadError(f"{path}/card.json is not a model card (a JSON object)")
+        check_family(card, path, "lm", "a step model (liveduet's language model)")
         fmt = card.get("format")
         if fmt not in LOADERS:
             raise ModelLoadError(f"{path}: model format {fmt!r} is not supported (known: {', '.join(LOADERS)})")
