@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     if args.bpm is not None and not 10 <= args.bpm <= 400:
         raise ConfigError(f"--bpm must be in 10..400, got {args.bpm}")
     check_output_file(args.out, "the MIDI file", force=args.force)  # before minutes of sampling
+    if _is_gan(args.model):
+        return _run_gan(args)
     try:
         runtime = ModelRuntime.load(args.model)
         sampler = Sampler(runtime, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -68,6 +70,38 @@ def run(args: argparse.Namespace) -> int:
         raise OutputPathError(f"cannot write {args.out}: {os_error_line(err)}") from err
     print(f"wrote {len(events)} events ({len(answer)} tokens, {sum(d for _, d in events) / TICKS:g} beats at "
           f"{bpm:g} bpm) to {args.out}")
+    return 0
+
+
+def _is_gan(model: Path | None) -> bool:
+    """A C-RNN-GAN folder (card family "crnngan") is generated from by liveduet/model/crnngan_io.py."""
+    import json
+
+    try:
+        return model is not None and json.loads((model / "card.json").read_text()).get("family") == "crnngan"
+    except (OSError, ValueError, AttributeError):
+        return False  # the step model's loader names what is wrong
+
+
+def _run_gan(args: argparse.Namespace) -> int:
+    """The same flags for a C-RNN-GAN: --tokens // 2 notes, --temperature scales the noise (top-k/p do
+    not apply to continuous outputs), --primer conditions the generator."""
+    from liveduet.errors import MidiFileError, OutputPathError
+    from liveduet.fsutil import os_error_line
+    from liveduet.model.crnngan_io import gan_piece
+    from liveduet.music.midifile import read_midi, save_atomic
+
+    try:
+        primer = read_midi(args.primer) if args.primer is not None else None
+        midi, events, bpm = gan_piece(args.model, args.tokens, args.temperature, args.seed, primer, args.bpm,
+                                      args.answer_only)
+    except MidiFileError as err:
+        raise MidiFileError(f"primer {args.primer}: {err}") from err
+    try:
+        save_atomic(midi, args.out, force=args.force)
+    except OSError as err:
+        raise OutputPathError(f"cannot write {args.out}: {os_error_line(err)}") from err
+    print(f"wrote {len(events)} events from the C-RNN-GAN at {bpm:g} bpm to {args.out}")
     return 0
 
 
