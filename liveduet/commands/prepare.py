@@ -1,28 +1,43 @@
-"""`liveduet prepare SOURCE... --out DIR`: MIDI files and music21's corpus → a token dataset."""
+"""`liveduet prepare SOURCE... --out DIR`: MIDI files, music21's corpus and real corpora
+(MAESTRO, GiantMIDI-Piano, Lakh MIDI) → a token dataset.
+
+Three passes, so a 170k-file corpus never sits in memory: read the files on a process pool into
+shards in OUT/.partial/ (liveduet/music/shards.py; `--resume` continues there), then stream the
+shards twice: once for the vocabulary's chord counts, once to encode and write the folder
+(liveduet/music/dataset.py DatasetWriter).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
+import resource
 import shutil
+import signal
+import sys
 import time
-from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from liveduet import __version__
 from liveduet.errors import CorpusError, LiveduetError, OutputPathError
 from liveduet.fsutil import check_output_folder, os_error_line
-from liveduet.music.corpus import Piece, Result, Task, expand_sources, read_task
-from liveduet.music.dataset import is_validation, write_dataset
-from liveduet.music.tokens import BOS, EOS, TokenizerSettings, Vocabulary, build_vocabulary, transpose_events
+from liveduet.music.corpora import PROGRAM_SETS
+from liveduet.music.corpus import Result, Task, expand_sources, read_task
+from liveduet.music.dataset import NO_TIMING, NO_VELOCITY, SPLIT_CODES, DatasetWriter, is_validation
+from liveduet.music.shards import PartialStore, events_of, pack, run_key
+from liveduet.music.tokens import BOS, EOS, Event, TokenizerSettings, Vocabulary, build_vocabulary, transpose_events
 
 
 def parse_range(text: str) -> list[int]:
@@ -45,31 +60,49 @@ def parse_range(text: str) -> list[int]:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "prepare",
-        help="turn MIDI files and music21's corpus into a token dataset",
-        description="Read MIDI files/folders (.mid .midi .kar .rmi, recursive) and music21 corpus collections "
-        "(music21:bach, music21:essenFolksong, music21:joplin, ...), tokenize them, build the vocabulary, "
-        "and write a dataset folder. Broken files are skipped with a reason.",
+        help="turn MIDI files, music21's corpus and real corpora into a token dataset",
+        description="Read MIDI files/folders (.mid .midi .kar .rmi, recursive), music21 corpus collections "
+        "(music21:bach, music21:essenFolksong, ...) and downloaded corpora in their own layout "
+        "(maestro:PATH keeps MAESTRO's train/validation/test split, giantmidi:PATH its curated subset, "
+        "lakh:PATH the Lakh MIDI dataset without drums and duplicates), tokenize them, build the "
+        "vocabulary, and write a dataset folder. Broken files are skipped with a reason. An interrupted "
+        "run continues with --resume.",
     )
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="MIDI file, folder, or music21:NAME")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="MIDI file, folder, music21:NAME, maestro:PATH, giantmidi:PATH or lakh:PATH")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder (and start over)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out (same sources and reading settings); "
+                   "the result is identical to an uninterrupted run")
     p.add_argument("--transpose", type=parse_range, default=[0], metavar="RANGE",
                    help="transposition augmentation in semitones, e.g. -5..6 (default: 0, none)")
     p.add_argument("--min-count", type=int, default=3, help="keep chords seen at least this often (default 3)")
     p.add_argument("--max-chords", type=int, default=2000,
                    help="keep at most this many chords, the most frequent (default 2000; 0: no cap)")
-    p.add_argument("--val-percent", type=float, default=5.0, help="pieces held out for validation (default 5)")
+    p.add_argument("--val-percent", type=float, default=5.0,
+                   help="pieces held out for validation, by name (default 5); maestro: keeps its official split")
+    p.add_argument("--programs", choices=list(PROGRAM_SETS), default="melodic",
+                   help="lakh: the instruments whose notes are kept: piano (GM 1-8), melodic (GM 1-112, "
+                   "default) or all; drums never")
+    p.add_argument("--max-tracks", type=int, default=32, help="lakh: skip files with more tracks (default 32)")
     p.add_argument("--vocab", type=Path, help="use this vocab.json instead of building one (e.g. a model's)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress")
+    p.add_argument("--stop-after", type=int, default=0, help=argparse.SUPPRESS)  # shards; tests interrupt with it
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True, quiet=args.quiet)
     check_output_folder(args.out, "the dataset")
+    partial = args.out / ".partial"
     if args.out.exists() and any(args.out.iterdir()) and not args.force:
-        raise LiveduetError(f"{args.out} exists and is not empty (use --force to replace it)")
+        if partial.is_dir() and not args.resume:
+            raise LiveduetError(f"{args.out} holds an interrupted prepare: add --resume to continue it "
+                                f"or --force to start over")
+        if not (partial.is_dir() and args.resume):
+            raise LiveduetError(f"{args.out} exists and is not empty (use --force to replace it)")
     if args.max_chords < 0:
         raise LiveduetError(f"--max-chords must be 0 (no cap) or more, got {args.max_chords}")
     if args.min_count < 1:
@@ -78,111 +111,291 @@ def run(args: argparse.Namespace) -> int:
         raise LiveduetError(f"--val-percent must be in 0..100, got {args.val_percent}")
     if args.jobs < 1:
         raise LiveduetError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.max_tracks < 1:
+        raise LiveduetError(f"--max-tracks must be at least 1, got {args.max_tracks}")
     base_vocab = Vocabulary.load(args.vocab) if args.vocab else None
     settings = base_vocab.settings if base_vocab else TokenizerSettings()
     started = time.perf_counter()
-    tasks = expand_sources(args.sources)
+    describe: dict[str, str] = {}
+    tasks = expand_sources(args.sources, describe, programs=args.programs, max_tracks=args.max_tracks)
     if not tasks:
         raise CorpusError("the sources hold no MIDI or music files")
+    tasks.sort(key=lambda t: t.path)  # the dataset's order, whatever the workers' order
 
-    results = read_all(tasks, settings, args.jobs, console)
-    pieces: list[Piece] = [p for r in results for p in r.pieces]
-    skipped = [{"path": r.task.path, "reason": r.skipped} for r in results if r.skipped]
-    if not pieces:
-        raise CorpusError(f"no tokens: all {len(tasks)} files were skipped (first reason: "
-                          f"{skipped[0]['reason'] if skipped else 'none'})")
-
-    # Augment, then build the vocabulary from everything it will encode.
-    variants: list[tuple[Piece, int, list]] = []
-    for piece in pieces:
-        for shift in args.transpose:
-            events = transpose_events(piece.events, shift, settings)
-            if events is not None:
-                variants.append((piece, shift, events))
-    if base_vocab is None:
-        vocab, chord_counts = build_vocabulary((v[2] for v in variants), settings, args.min_count, args.max_chords)
-    else:
-        vocab, chord_counts = base_vocab, Counter()
-    arrays, split, listing = [], [], []
-    for piece, shift, events in variants:
-        ids = np.array([BOS, *vocab.encode(events), EOS], dtype=np.int32)
-        val = is_validation(piece.name, args.val_percent)
-        arrays.append(ids)
-        split.append(int(val))
-        listing.append({"name": piece.name, "source": piece.source, "transpose": shift,
-                        "split": "val" if val else "train", "tokens": len(ids)})
-    n_tokens = int(sum(len(a) for a in arrays))
-    seconds = time.perf_counter() - started
-    manifest = {
-        "liveduet_version": __version__,
-        "sources": args.sources,
-        "settings": {"transpose": args.transpose, "min_count": args.min_count, "max_chords": args.max_chords,
-                     "val_percent": args.val_percent,
-                     "vocab_from": str(args.vocab) if args.vocab else None},
-        "counts": {
-            "files": len(tasks), "files_read": len(tasks) - len(skipped), "files_skipped": len(skipped),
-            "pieces": len(pieces), "sequences": len(arrays), "tokens": n_tokens,
-            "train_tokens": int(sum(len(a) for a, s in zip(arrays, split) if not s)),
-            "val_tokens": int(sum(len(a) for a, s in zip(arrays, split) if s)),
-            "vocab_size": len(vocab), "chords_seen": len(chord_counts),
-            "chords_mapped_to_nearest": vocab.misses, "seconds": round(seconds, 2),
-        },
-        "skipped": skipped,
-        "pieces": listing,
-    }
+    created = not args.out.exists()
+    store = PartialStore(partial)
+    reading = {"settings": asdict(settings), "programs": args.programs, "max_tracks": args.max_tracks}
     try:
-        if args.out.exists():
-            shutil.rmtree(args.out)
-        write_dataset(args.out, arrays, split, vocab, manifest)
+        store.open(run_key(args.sources, reading, tasks), len(tasks), resume=args.resume and not args.force)
+        _read_into(store, tasks, settings, args, console)
+        manifest = _merge(store, args, settings, base_vocab, describe, len(tasks), started)
+    except LiveduetError:
+        if created:  # nothing of this run is worth keeping
+            shutil.rmtree(args.out, ignore_errors=True)
+        raise
     except OSError as err:  # the disk filled, or the folder changed while reading
         raise OutputPathError(f"cannot write the dataset {args.out}: {os_error_line(err)}") from err
+    shutil.rmtree(partial, ignore_errors=True)
     _summary(Console(quiet=args.quiet), manifest, args.out)
     return 0
+
+
+# -- pass 1: read files into shards --------------------------------------------------------------
+
+
+def _read_into(store: PartialStore, tasks: list[Task], settings: TokenizerSettings, args: argparse.Namespace,
+               console: Console) -> None:
+    chunks = store.chunks(tasks)
+    todo = sum(len(c) for _, c in chunks)
+    written = 0
+    with _Progress(console, len(tasks), len(tasks) - todo) as progress:
+
+        def done(index: int, packed: list) -> None:
+            nonlocal written
+            store.write(index, packed)
+            progress.advance(len(packed), sum(bool(r["skipped"]) for r in packed))
+            written += 1
+            if args.stop_after and written >= args.stop_after:
+                raise KeyboardInterrupt  # what Ctrl-C does: the shards so far stay for --resume
+
+        run_chunks(chunks, settings, args.jobs, _read_packed, done)
 
 
 def _read_chunk(tasks: list[Task], settings: TokenizerSettings) -> list[Result]:
     return [read_task(t, settings) for t in tasks]
 
 
+def _read_packed(tasks: list[Task], settings: TokenizerSettings) -> list[dict]:
+    return [pack(read_task(t, settings)) for t in tasks]  # packed in the worker: less to pickle back
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent, which stops the pool
+
+
+def run_chunks(chunks: list[tuple[int, list[Task]]], settings: TokenizerSettings, jobs: int,
+               work: Callable, done: Callable[[int, list], None]) -> None:
+    """`done(index, work(chunk))` for every chunk, on `jobs` worker processes, at most 3 chunks per
+    worker in flight (memory stays bounded). A worker that dies (a parser crashing the interpreter,
+    the OOM killer) never hangs the run: a fresh pool takes the rest, the chunks in flight are
+    retried one process per file, and the file that kills its process again is skipped."""
+    if jobs == 1 or sum(len(c) for _, c in chunks) < 4:
+        for index, chunk in chunks:
+            done(index, work(chunk, settings))
+        return
+    ctx = mp.get_context("fork")  # workers only parse and tokenize; fork starts them fastest
+    queue = deque(chunks)
+    suspects: list[tuple[int, list[Task]]] = []
+    while queue:
+        pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_ignore_sigint)
+        try:
+            pending: dict = {}
+            broken = False
+            while queue or pending:
+                while queue and not broken and len(pending) < 3 * jobs:
+                    item = queue.popleft()
+                    pending[pool.submit(work, item[1], settings)] = item
+                if not pending:
+                    break
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in sorted(finished, key=lambda f: pending[f][0]):
+                    item = pending.pop(future)
+                    try:
+                        out = future.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        suspects.append(item)
+                        continue
+                    done(item[0], out)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    for index, chunk in sorted(suspects):  # careful mode: one process per file, so a crash names it
+        out = []
+        for task in chunk:
+            with ProcessPoolExecutor(1, mp_context=ctx, initializer=_ignore_sigint) as pool:
+                try:
+                    out += pool.submit(work, [task], settings).result()
+                except BrokenProcessPool:
+                    out += _crashed(task, work)
+        done(index, out)
+
+
+def _crashed(task: Task, work: Callable) -> list:
+    result = Result(task, [], skipped="the worker process reading it crashed")
+    return [pack(result) if work is _read_packed else result]
+
+
 def read_all(tasks: list[Task], settings: TokenizerSettings, jobs: int, console: Console) -> list[Result]:
-    """Read every task on `jobs` worker processes. A worker that dies (a parser crashing the
-    interpreter, the OOM killer) never hangs the run: its tasks are retried one per process, and
-    the one that kills its process again is skipped with a reason."""
+    """Read every task into memory (small corpora, benchmarks), sorted by path."""
     results: list[Result] = []
-    progress = Progress(TextColumn("[bold]reading"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("{task.fields[skipped]} skipped"), console=console, transient=True)
-    with progress:
-        bar = progress.add_task("read", total=len(tasks), skipped=0)
+    size = max(1, min(32, len(tasks) // (jobs * 8)))
+    chunks = [(i, tasks[i * size : (i + 1) * size]) for i in range(-(-len(tasks) // size))]
+    with _Progress(console, len(tasks), 0) as progress:
 
-        def done(batch: list[Result]) -> None:
+        def done(_: int, batch: list[Result]) -> None:
             results.extend(batch)
-            skipped = sum(bool(r.skipped) for r in results)
-            progress.update(bar, advance=len(batch), skipped=skipped)
+            progress.advance(len(batch), sum(bool(r.skipped) for r in batch))
 
-        if jobs == 1 or len(tasks) < 4:
-            for task in tasks:
-                done([read_task(task, settings)])
-        else:
-            size = max(1, min(32, len(tasks) // (jobs * 8)))
-            chunks = [tasks[i : i + size] for i in range(0, len(tasks), size)]
-            retry: list[Task] = []
-            ctx = mp.get_context("fork")  # workers only parse and tokenize; fork starts them fastest
-            with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
-                futures = {pool.submit(_read_chunk, chunk, settings): chunk for chunk in chunks}
-                for future in as_completed(futures):
-                    try:
-                        done(future.result())
-                    except BrokenProcessPool:
-                        retry.extend(futures[future])
-            for task in retry:  # careful mode: one process per task, so a crash names its file
-                with ProcessPoolExecutor(1, mp_context=ctx) as pool:
-                    try:
-                        done(pool.submit(_read_chunk, [task], settings).result())
-                    except BrokenProcessPool:
-                        done([Result(task, [], skipped="the worker process reading it crashed")])
-    # Worker order varies; the dataset must not.
+        run_chunks(chunks, settings, jobs, _read_chunk, done)
     results.sort(key=lambda r: r.task.path)
     return results
+
+
+class _Progress:
+    """Files read, rate and ETA: a rich bar on a terminal, a plain line every 10 s otherwise."""
+
+    def __init__(self, console: Console, total: int, done: int) -> None:
+        self.total, self.done, self.first, self.skipped = total, done, done, 0
+        self.started = self.last = time.perf_counter()
+        self.plain = not console.quiet and not console.is_terminal
+        self.bar = None
+        if not console.quiet and console.is_terminal:
+            self.bar = Progress(TextColumn("[bold]reading"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[skipped]} skipped"),
+                                console=console, transient=True)
+
+    def __enter__(self) -> _Progress:
+        if self.bar is not None:
+            self.bar.start()
+            self.task = self.bar.add_task("read", total=self.total, completed=self.done, skipped=0)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+        elif self.plain and exc[0] is None:
+            self._line()
+
+    def advance(self, n: int, skipped: int) -> None:
+        self.done += n
+        self.skipped += skipped
+        if self.bar is not None:
+            self.bar.update(self.task, advance=n, skipped=self.skipped)
+        elif self.plain and time.perf_counter() - self.last >= 10:
+            self._line()
+
+    def _line(self) -> None:
+        self.last = now = time.perf_counter()
+        rate = (self.done - self.first) / max(now - self.started, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        print(f"reading: {self.done:,}/{self.total:,} files ({100 * self.done / max(self.total, 1):.0f}%), "
+              f"{rate:,.0f} files/s, ETA {int(eta) // 60}m{int(eta) % 60:02d}s, {self.skipped:,} skipped",
+              file=sys.stderr, flush=True)
+
+
+# -- passes 2 and 3: vocabulary, then encode and write -------------------------------------------
+
+
+def _sequences(store: PartialStore, shifts: list[int], settings: TokenizerSettings,
+               skipped: list[dict] | None) -> Iterator[tuple[dict, int, list[Event]]]:
+    """(piece, shift, events) in dataset order. Skipped files and content duplicates (the first
+    file by path is kept) go to `skipped` when given."""
+    seen: dict[str, str] = {}
+    for r in store.results():
+        if r["skipped"]:
+            if skipped is not None:
+                skipped.append({"path": r["path"], "reason": r["skipped"]})
+            continue
+        if r["digest"]:
+            first = seen.setdefault(r["digest"], r["path"])
+            if first != r["path"]:
+                if skipped is not None:
+                    skipped.append({"path": r["path"], "reason": f"duplicate of {first} (same MD5)"})
+                continue
+        for piece in r["pieces"]:
+            events = events_of(piece["events"])
+            for shift in shifts:
+                moved = transpose_events(events, shift, settings)
+                if moved is not None:
+                    yield piece, shift, moved
+
+
+def _split_of(piece: dict, val_percent: float) -> int:
+    if piece["split"]:
+        return SPLIT_CODES[piece["split"]]
+    return int(is_validation(piece["name"], val_percent))
+
+
+def _merge(store: PartialStore, args: argparse.Namespace, settings: TokenizerSettings,
+           base_vocab: Vocabulary | None, describe: dict[str, str], n_files: int, started: float) -> dict:
+    skipped: list[dict] = []
+    size = Counter()
+
+    def counted() -> Iterator[list[Event]]:
+        for _, _, events in _sequences(store, args.transpose, settings, skipped):
+            size["sequences"] += 1
+            size["tokens"] += 2 * len(events) + 2
+            yield events
+
+    if base_vocab is None:
+        vocab, chord_counts = build_vocabulary(counted(), settings, args.min_count, args.max_chords)
+    else:
+        vocab, chord_counts = base_vocab, Counter()
+        for _ in counted():
+            pass
+    if not size["sequences"]:
+        raise CorpusError(f"no tokens: all {n_files} files were skipped (first reason: "
+                          f"{skipped[0]['reason'] if skipped else 'none'})")
+
+    for old in args.out.iterdir():  # an old dataset (--force), or a merge that was interrupted
+        if old.name != ".partial":
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    writer = DatasetWriter(args.out, size["tokens"], size["sequences"])
+    tokens_by = Counter()
+    pieces_by: dict[str, set] = {"train": set(), "val": set(), "test": set()}
+    test_keys: set = set()
+    other_keys: set = set()
+    listing_path = store.folder / "listing.jsonl"
+    names = {v: k for k, v in SPLIT_CODES.items()}
+    with open(listing_path, "w") as listing:
+        for piece, shift, events in _sequences(store, args.transpose, settings, None):
+            ids = np.array([BOS, *vocab.encode(events), EOS], dtype=np.int32)
+            perf = None
+            if piece["perf"] is not None:
+                perf = np.full((len(ids), 2), (NO_VELOCITY, NO_TIMING), dtype=np.int16)
+                perf[1:-1:2] = piece["perf"]  # on each event's pitch token
+            split = _split_of(piece, args.val_percent)
+            writer.add(ids, split, perf)
+            which = names[split]
+            tokens_by[which] += len(ids)
+            pieces_by[which].add(piece["name"])
+            meta = dict(piece["meta"])
+            key = (meta["composer"].lower(), meta["title"].lower()) if "composer" in meta and "title" in meta \
+                else piece["name"]
+            (test_keys if split == 2 else other_keys).add(key)
+            entry = {"name": piece["name"], "source": piece["source"], "transpose": shift, "split": which,
+                     "tokens": len(ids), **meta}
+            listing.write(json.dumps(entry) + "\n")
+    leaks = len(test_keys & other_keys)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    manifest = {
+        "liveduet_version": __version__,
+        "sources": args.sources,
+        "settings": {"transpose": args.transpose, "min_count": args.min_count, "max_chords": args.max_chords,
+                     "val_percent": args.val_percent, "programs": args.programs, "max_tracks": args.max_tracks,
+                     "vocab_from": str(args.vocab) if args.vocab else None},
+        "split": {
+            "sources": {src: describe.get(src, f"by name hash ({args.val_percent:g}% validation)")
+                        for src in args.sources},
+            "pieces": {k: len(v) for k, v in pieces_by.items()},
+            # Test pieces (by composer and title where known, else by name) found in train or val.
+            "test_in_train_or_val": leaks,
+            "test_isolated": leaks == 0,
+        },
+        "counts": {
+            "files": n_files, "files_read": n_files - len(skipped), "files_skipped": len(skipped),
+            "duplicates": sum(s["reason"].startswith("duplicate of") for s in skipped),
+            "pieces": sum(len(v) for v in pieces_by.values()), "sequences": size["sequences"],
+            "tokens": size["tokens"], "train_tokens": tokens_by["train"], "val_tokens": tokens_by["val"],
+            "test_tokens": tokens_by["test"], "vocab_size": len(vocab), "chords_seen": len(chord_counts),
+            "chords_mapped_to_nearest": vocab.misses, "seconds": round(time.perf_counter() - started, 2),
+            "peak_rss_mib": {"main": round(rss[0] / 1024, 1), "largest_worker": round(rss[1] / 1024, 1)},
+        },
+        "skipped": skipped,
+    }
+    with open(listing_path) as listing:
+        writer.finish(vocab, manifest, (line.rstrip("\n") for line in listing))
+    return manifest
 
 
 def _summary(console: Console, manifest: dict, out: Path) -> None:
@@ -191,14 +404,18 @@ def _summary(console: Console, manifest: dict, out: Path) -> None:
     table.add_column(style="bold")
     table.add_column(justify="right")
     for label, value in [
-        ("files read", c["files_read"]), ("files skipped", c["files_skipped"]), ("pieces", c["pieces"]),
+        ("files read", c["files_read"]), ("files skipped", c["files_skipped"]),
+        ("  of them duplicates", c["duplicates"]), ("pieces", c["pieces"]),
         ("sequences (with transpositions)", c["sequences"]), ("tokens", f"{c['tokens']:,}"),
-        ("  train / validation", f"{c['train_tokens']:,} / {c['val_tokens']:,}"),
+        ("  train / validation / test", f"{c['train_tokens']:,} / {c['val_tokens']:,} / {c['test_tokens']:,}"),
         ("vocabulary size", c["vocab_size"]), ("chords mapped to nearest", c["chords_mapped_to_nearest"]),
         ("seconds", c["seconds"]),
     ]:
         table.add_row(label, str(value))
     console.print(table)
-    reasons = Counter(s["reason"] for s in manifest["skipped"])
+    for src, how in manifest["split"]["sources"].items():
+        console.print(f"  split of {src}: {how}")
+    reasons = Counter("duplicate (same MD5 as a file kept)" if s["reason"].startswith("duplicate of") else s["reason"]
+                      for s in manifest["skipped"])
     for reason, n in reasons.most_common(8):
         console.print(f"  skipped {n}: {reason}")

@@ -11,25 +11,39 @@ import hashlib
 import json
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from liveduet.errors import CorpusError, MidiFileError
-from liveduet.music.midifile import read_midi
-from liveduet.music.tokens import Event, TokenizerSettings, tokenize_notes
+from liveduet.music.dataset import NO_TIMING, NO_VELOCITY
+from liveduet.music.midifile import MidiNotes, parse_midi, read_midi_bytes
+from liveduet.music.tokens import TICKS, Event, TokenizerSettings, tokenize_notes
 
 MIDI_SUFFIXES = {".mid", ".midi", ".kar", ".rmi"}  # .rmi: RIFF-wrapped MIDI
 MUSIC21_SUFFIXES = {".mxl", ".xml", ".musicxml", ".krn", ".abc"}
 CACHE_VERSION = "1"
+MAX_TEMPO_CHANGES = 1000  # a tempo map beyond these is broken, not music (corpus rules)
+TEMPO_RANGE = (20.0, 400.0)  # bpm
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Task:
-    """One file to read: a MIDI file, or a music21 corpus file (which may hold many pieces)."""
+    """One file to read: a MIDI file, or a music21 corpus file (which may hold many pieces).
+    Corpus layouts (liveduet/music/corpora.py) add what they know about it."""
 
-    kind: str  # "midi" | "music21"
+    kind: str  # "midi" | "music21" | "skip" (listed by a corpus, known bad before reading)
     path: str
     source: str  # what the user named: a folder, a file, or music21:NAME
+    name: str | None = None  # the piece's name, when the layout names it
+    split: str | None = None  # "train" | "val" | "test" from an official split; None: by name
+    meta: tuple[tuple[str, str], ...] = ()  # e.g. (("composer", "Bach"), ("title", "…"))
+    programs: frozenset[int] | None = None  # keep notes of these GM programs only
+    max_tracks: int = 0  # skip files with more tracks (0: no cap)
+    check_tempo: bool = False  # skip files whose tempo map is absurd
+    dedupe: bool = False  # report the content's MD5 so duplicates can be removed
+    reason: str | None = None  # for kind "skip": why
 
 
 @dataclass
@@ -37,6 +51,10 @@ class Piece:
     name: str
     source: str
     events: list[Event]
+    # Per event: (velocity 1..127 or NO_VELOCITY for a rest, onset offset from the grid in ms or NO_TIMING).
+    perf: list[tuple[int, int]] | None = None
+    meta: tuple[tuple[str, str], ...] = ()
+    split: str | None = None
 
 
 @dataclass
@@ -46,14 +64,23 @@ class Result:
     skipped: str | None = None  # one-line reason
     seconds: float = 0.0
     cached: bool = False
+    digest: str | None = None  # MD5 of the file's bytes, when the task asks for it
+    notes: dict = field(default_factory=dict)  # counts worth reporting (e.g. notes filtered)
 
 
-def expand_sources(sources: list[str]) -> list[Task]:
-    """Files, folders (recursive) and `music21:NAME` → tasks. Unknown or missing → CorpusError."""
+def expand_sources(sources: list[str], describe: dict[str, str] | None = None, **options) -> list[Task]:
+    """Files, folders (recursive), `music21:NAME` and corpus layouts (`maestro:PATH`, …; see
+    corpora.py, which gets `options` and fills `describe`) → tasks. Unknown or missing → CorpusError."""
+    from liveduet.music import corpora
+
     tasks: list[Task] = []
     for src in sources:
-        if src.startswith("music21:"):
+        prefix = corpora.source_prefix(src)
+        if prefix == "music21":
             tasks += _music21_tasks(src)
+            continue
+        if prefix is not None:
+            tasks += corpora.expand(prefix, src, describe=describe, **options)
             continue
         path = Path(src)
         if path.is_dir():
@@ -117,14 +144,23 @@ def read_task(task: Task, settings: TokenizerSettings) -> Result:
 
     started = time.perf_counter()
     try:
+        if task.kind == "skip":
+            return Result(task, [], skipped=task.reason or "skipped")
         if task.kind == "midi":
-            notes = read_midi(task.path)
-            if not notes.notes:
-                reason = "drums only" if notes.drum_notes else "no notes"
-                return Result(task, [], skipped=reason, seconds=time.perf_counter() - started)
+            data = read_midi_bytes(task.path)
+            digest = hashlib.md5(data).hexdigest() if task.dedupe else None
+            notes = parse_midi(data, programs=task.programs)
+            reason = _rule_broken(task, notes)
+            if reason is None and not notes.notes:
+                reason = ("drums only" if notes.drum_notes and not notes.filtered_notes
+                          else "no notes left by the program filter" if notes.filtered_notes else "no notes")
+            if reason:
+                return Result(task, [], skipped=reason, seconds=time.perf_counter() - started, digest=digest)
             events = tokenize_notes(notes.notes, settings, notes.pedal)
-            pieces = [Piece(_piece_name(task), task.source, events)]
-            return Result(task, pieces, seconds=time.perf_counter() - started)
+            piece = Piece(task.name or _piece_name(task), task.source, events,
+                          performance(notes, events, settings), task.meta, task.split)
+            return Result(task, [piece], seconds=time.perf_counter() - started, digest=digest,
+                          notes={"filtered_notes": notes.filtered_notes})
         pieces, cached = _read_music21(Path(task.path), task, settings)
         if not pieces:
             return Result(task, [], skipped="no notes", seconds=time.perf_counter() - started)
@@ -133,6 +169,64 @@ def read_task(task: Task, settings: TokenizerSettings) -> Result:
         return Result(task, [], skipped=str(err), seconds=time.perf_counter() - started)
     except Exception as err:  # a corpus always has some file a parser chokes on; never stop the run
         return Result(task, [], skipped=f"{type(err).__name__}: {err}"[:200], seconds=time.perf_counter() - started)
+
+
+def _rule_broken(task: Task, notes: MidiNotes) -> str | None:
+    """The corpus rules a file breaks (too many tracks, an absurd tempo map), or None."""
+    if task.max_tracks and notes.tracks > task.max_tracks:
+        return f"{notes.tracks} tracks (over --max-tracks {task.max_tracks})"
+    if task.check_tempo and notes.tempos:
+        if len(notes.tempos) > MAX_TEMPO_CHANGES:
+            return f"absurd tempo map: {len(notes.tempos)} tempo changes (cap {MAX_TEMPO_CHANGES})"
+        lo, hi = TEMPO_RANGE
+        bad = next((bpm for _, bpm in notes.tempos if not lo <= bpm <= hi), None)
+        if bad is not None:
+            return f"absurd tempo map: {bad:.1f} bpm (allowed {lo:g}..{hi:g})"
+    return None
+
+
+def performance(notes: MidiNotes, events: list[Event], settings: TokenizerSettings) -> list[tuple[int, int]]:
+    """Per event: the loudest velocity of its notes and how far (ms) its first note was played
+    from the grid point the tokenizer put it on; (NO_VELOCITY, NO_TIMING) for rests.
+    The tokenizer (window 0) makes one sounding event per distinct quantised onset, in order,
+    so the notes grouped by quantised onset line up with the non-rest events one to one."""
+    groups: dict[int, list] = {}  # quantised onset (twelfths) → [max velocity, first raw onset]
+    for (onset, _, _), velocity in zip(notes.notes, notes.velocities):
+        q = settings.quantize(onset)
+        g = groups.get(q)
+        if g is None:
+            groups[q] = [velocity, onset]
+        elif velocity > g[0]:
+            g[0] = velocity
+    keys = sorted(groups)
+    if len(keys) != sum(1 for pitches, _ in events if pitches):
+        return [(NO_VELOCITY, NO_TIMING)] * len(events)  # not expected; never misalign
+    played = np.array([groups[k][1] for k in keys], dtype=np.float64)
+    grid = np.array(keys, dtype=np.float64) / TICKS
+    offsets = np.rint(1000.0 * (_seconds(notes, played) - _seconds(notes, grid)))
+    offsets = np.clip(offsets, NO_TIMING + 1, 32767).astype(np.int64).tolist()
+    out: list[tuple[int, int]] = []
+    i = 0
+    for pitches, _ in events:
+        if pitches:
+            out.append((groups[keys[i]][0], offsets[i]))
+            i += 1
+        else:
+            out.append((NO_VELOCITY, NO_TIMING))
+    return out
+
+
+def _seconds(notes: MidiNotes, beats: np.ndarray) -> np.ndarray:
+    """Beats → seconds through the file's tempo map (vectorised `MidiNotes.seconds_at`)."""
+    at, bpm, start = [0.0], [120.0], [0.0]
+    for change, new_bpm in notes.tempos:
+        start.append(start[-1] + (change - at[-1]) * 60.0 / bpm[-1])
+        at.append(change)
+        bpm.append(new_bpm)
+    at_a, bpm_a, start_a = np.array(at), np.array(bpm), np.array(start)
+    i = np.searchsorted(at_a, beats, side="left") - 1  # the last change strictly before (seconds_at's rule)
+    i = np.maximum(i, 0)
+    return start_a[i] + (beats - at_a[i]) * 60.0 / bpm_a[i]
 
 
 def _piece_name(task: Task) -> str:

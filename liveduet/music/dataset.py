@@ -2,7 +2,8 @@
 
     tokens.npy     int32 [N]      every piece as <bos> pitch dur pitch dur ... <eos>, concatenated
     offsets.npy    int64 [P + 1]  piece i is tokens[offsets[i]:offsets[i + 1]]
-    split.npy      uint8 [P]      0 = train, 1 = validation (by piece; transpositions stay together)
+    split.npy      uint8 [P]      0 = train, 1 = validation, 2 = test (by piece; transpositions stay together)
+    perf.npy       int16 [N, 2]   per token: velocity, onset offset from the grid in ms (optional)
     vocab.json     the vocabulary with its tokenizer settings
     manifest.json  sources, settings, counts, pieces, skipped files with reasons
 """
@@ -10,16 +11,22 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from liveduet.errors import CorpusError
+from liveduet.fsutil import install
 from liveduet.music.tokens import Vocabulary
 
 FORMAT = "liveduet-data/1"
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+NO_VELOCITY, NO_TIMING = -1, -32768  # perf.npy where a token has no performance (see docs/data-format.md)
 
 
 def is_validation(name: str, val_percent: float) -> bool:
@@ -34,9 +41,10 @@ class Dataset:
     split: np.ndarray
     vocab: Vocabulary
     manifest: dict
+    perf: np.ndarray | None = None  # int16 [N, 2] aligned with tokens; None for folders without perf.npy
 
     def pieces(self, which: str = "train") -> list[np.ndarray]:
-        want = {"train": 0, "val": 1}[which]
+        want = SPLIT_CODES[which]
         return [self.tokens[a:b] for a, b, s in zip(self.offsets[:-1], self.offsets[1:], self.split) if s == want]
 
     def stream(self, which: str = "train") -> np.ndarray:
@@ -55,6 +63,54 @@ def write_dataset(out: Path, pieces: list[np.ndarray], split: list[int], vocab: 
     vocab.save(out / "vocab.json")
     manifest = {"format": FORMAT, "vocab_fingerprint": vocab.fingerprint(), **manifest}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+class DatasetWriter:
+    """Writes the folder sequence by sequence, for corpora too big to hold in memory: the arrays
+    are memory-mapped .npy files of a size known in advance, and manifest.json comes last (a
+    folder without one is not a dataset, so an interrupted write is never mistaken for one)."""
+
+    def __init__(self, out: Path, n_tokens: int, n_sequences: int) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.out = out
+        mm = np.lib.format.open_memmap
+        self.tokens = mm(out / "tokens.npy", "w+", np.int32, (n_tokens,))
+        self.perf = mm(out / "perf.npy", "w+", np.int16, (n_tokens, 2))
+        self.offsets = np.zeros(n_sequences + 1, dtype=np.int64)
+        self.split = np.zeros(n_sequences, dtype=np.uint8)
+        self.n = 0
+
+    def add(self, ids: np.ndarray, split: int, perf: np.ndarray | None) -> None:
+        a = int(self.offsets[self.n])
+        b = a + len(ids)
+        self.tokens[a:b] = ids
+        if perf is None:
+            self.perf[a:b] = (NO_VELOCITY, NO_TIMING)
+        else:
+            self.perf[a:b] = perf
+        self.split[self.n] = split
+        self.n += 1
+        self.offsets[self.n] = b
+
+    def finish(self, vocab: Vocabulary, manifest: dict, listing: Iterable[str]) -> None:
+        """`manifest` without its `pieces`, which come from `listing` (one JSON object a string),
+        streamed into the file."""
+        if self.n != len(self.split) or self.offsets[-1] != len(self.tokens):
+            raise ValueError(f"wrote {self.n} of {len(self.split)} sequences")  # a bug, not user input
+        self.tokens.flush()
+        self.perf.flush()
+        del self.tokens, self.perf
+        np.save(self.out / "offsets.npy", self.offsets)
+        np.save(self.out / "split.npy", self.split)
+        vocab.save(self.out / "vocab.json")
+        head = json.dumps({"format": FORMAT, "vocab_fingerprint": vocab.fingerprint(), **manifest}, indent=1)
+        fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=self.out)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(head[: head.rindex("}")].rstrip() + ',\n "pieces": [')
+            for i, line in enumerate(listing):
+                fh.write(("\n  " if i == 0 else ",\n  ") + line)
+            fh.write("\n ]\n}\n")
+        install(tmp, self.out / "manifest.json")
 
 
 def load_dataset(path: str | Path) -> Dataset:
@@ -78,4 +134,12 @@ def load_dataset(path: str | Path) -> Dataset:
         raise CorpusError(f"{path}: cannot read arrays: {err}") from err
     if offsets[-1] != len(tokens) or len(split) != len(offsets) - 1:
         raise CorpusError(f"{path}: tokens, offsets and split do not agree; re-run prepare")
-    return Dataset(tokens, offsets, split, vocab, manifest)
+    perf = None
+    if (path / "perf.npy").exists():
+        try:
+            perf = np.load(path / "perf.npy")
+        except (OSError, ValueError) as err:
+            raise CorpusError(f"{path}: cannot read perf.npy: {err}") from err
+        if perf.shape != (len(tokens), 2):
+            raise CorpusError(f"{path}: perf.npy does not agree with tokens; re-run prepare")
+    return Dataset(tokens, offsets, split, vocab, manifest, perf)

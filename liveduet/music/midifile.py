@@ -36,6 +36,9 @@ class MidiNotes:
     tempos: list[tuple[float, float]] = field(default_factory=list)  # (beat, bpm)
     drum_notes: int = 0
     end_beat: float = 0.0  # where the last event of any kind (end of track included) lies
+    velocities: list[int] = field(default_factory=list)  # the note-on velocity of each of `notes`
+    tracks: int = 0  # MTrk chunks read
+    filtered_notes: int = 0  # notes left out by a program filter
 
     @property
     def first_bpm(self) -> float:
@@ -70,20 +73,27 @@ def _unwrap(data: bytes) -> bytes:
     return data
 
 
-def read_midi(path: str | Path, max_seconds: float = MAX_SECONDS) -> MidiNotes:
-    """Read a MIDI file's notes. Raises MidiFileError with a one-line reason."""
+def read_midi_bytes(path: str | Path) -> bytes:
+    """A file's bytes, under the size cap. Raises MidiFileError with a one-line reason."""
     path = Path(path)
     try:
         size = path.stat().st_size
         if size > MAX_BYTES:
             raise MidiFileError(f"{size} bytes is over the {MAX_BYTES} byte cap")
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as err:
         raise MidiFileError(f"cannot read: {err.strerror or err}") from err
-    return parse_midi(data, max_seconds)
 
 
-def parse_midi(data: bytes, max_seconds: float = MAX_SECONDS) -> MidiNotes:
+def read_midi(path: str | Path, max_seconds: float = MAX_SECONDS) -> MidiNotes:
+    """Read a MIDI file's notes. Raises MidiFileError with a one-line reason."""
+    return parse_midi(read_midi_bytes(path), max_seconds)
+
+
+def parse_midi(data: bytes, max_seconds: float = MAX_SECONDS, programs: frozenset[int] | None = None) -> MidiNotes:
+    """Parse SMF bytes. `programs`: keep only notes played with these General MIDI programs
+    (0..127, from each channel's program changes; program 0 until the first) — None keeps all.
+    Drums (channel 10) are never notes."""
     started = time.perf_counter()
     if not data:
         raise MidiFileError("empty file")
@@ -111,7 +121,10 @@ def parse_midi(data: bytes, max_seconds: float = MAX_SECONDS) -> MidiNotes:
 
     # Raw events: (tick, order, kind, value) — order puts note-offs before pedal before note-ons
     # (a repeated note ends, then strikes again), and the offs of zero-length notes last.
+    # A note's value is its key (the pitch; with a program filter pitch | channel << 8, so notes
+    # pair up per channel), and a note-on's also carries its velocity << 16.
     raw: list[tuple[int, int, int, int]] = []
+    changes: dict[int, list[tuple[int, int]]] = {}  # channel → (tick, program), with a filter only
     drum_notes = 0
     end_tick = 0
     pos = 8 + hlen
@@ -128,7 +141,7 @@ def parse_midi(data: bytes, max_seconds: float = MAX_SECONDS) -> MidiNotes:
         tick = 0
         i = body_start
         status = 0
-        struck: dict[int, int] = {}  # pitch → tick of its latest note-on in this track
+        struck: dict[int, int] = {}  # key → tick of its latest note-on in this track
         while i < body_end:
             delta = data[i]  # i < body_end: the loop condition
             i += 1
@@ -195,18 +208,21 @@ def parse_midi(data: bytes, max_seconds: float = MAX_SECONDS) -> MidiNotes:
             if (d1 | d2) & 0x80:
                 raise MidiFileError(f"track {found}: data byte over 127 at byte {i}")
             if kind == 0x90 or kind == 0x80:
+                key = d1 if programs is None else d1 | channel << 8
                 if channel == DRUM_CHANNEL:
                     drum_notes += kind == 0x90 and d2 > 0
                 elif kind == 0x90 and d2 > 0:
-                    raw.append((tick, 2, 1, d1))
-                    struck[d1] = tick
-                elif struck.get(d1) == tick:
+                    raw.append((tick, 2, 1, key | d2 << 16))
+                    struck[key] = tick
+                elif struck.get(key) == tick:
                     # A zero-length note (on, then off at the same tick): its off must sort after
                     # its on, or the note would stay open to the end of the file.
-                    del struck[d1]
-                    raw.append((tick, 3, 0, d1))
+                    del struck[key]
+                    raw.append((tick, 3, 0, key))
                 else:  # note-off, or a note-on with velocity 0, which is a note-off
-                    raw.append((tick, 0, 0, d1))
+                    raw.append((tick, 0, 0, key))
+            elif kind == 0xC0 and programs is not None:
+                changes.setdefault(channel, []).append((tick, d1))
             elif kind == 0xB0 and d1 == 64 and channel != DRUM_CHANNEL:
                 raw.append((tick, 1, 2, int(d2 >= 64)))
             if len(raw) > MAX_EVENTS:
@@ -217,17 +233,25 @@ def parse_midi(data: bytes, max_seconds: float = MAX_SECONDS) -> MidiNotes:
         raise MidiFileError("no tracks")
 
     raw.sort()
-    out = MidiNotes(ticks_per_beat=tpb, drum_notes=drum_notes, end_beat=end_tick / tpb)
-    open_at: dict[int, list[int]] = {}
+    out = MidiNotes(ticks_per_beat=tpb, drum_notes=drum_notes, end_beat=end_tick / tpb, tracks=found)
+    for timeline in changes.values():
+        timeline.sort()
+    notes: list[tuple[float, float, int, int]] = []  # (onset, end, pitch, velocity)
+    open_at: dict[int, list[tuple[int, int]]] = {}  # key → (tick, velocity) of notes sounding
     pedal_down = False
     for tick, _, kind, value in raw:
         beat = tick / tpb
         if kind == 1:
-            open_at.setdefault(value, []).append(tick)
+            key = value & 0xFFFF
+            if programs is not None and _program_at(changes.get(key >> 8), tick) not in programs:
+                out.filtered_notes += 1
+                continue
+            open_at.setdefault(key, []).append((tick, value >> 16))
         elif kind == 0:
             starts = open_at.get(value)
             if starts:
-                out.notes.append((starts.pop(0) / tpb, beat, value))
+                start, velocity = starts.pop(0)
+                notes.append((start / tpb, beat, value & 0x7F, velocity))
         elif kind == 2:
             if bool(value) != pedal_down:
                 pedal_down = bool(value)
@@ -235,10 +259,22 @@ def parse_midi(data: bytes, max_seconds: float = MAX_SECONDS) -> MidiNotes:
         elif kind == 9 and value > 0:
             out.tempos.append((beat, 60_000_000 / value))
     last = raw[-1][0] / tpb if raw else 0.0
-    for pitch, starts in open_at.items():  # notes never released end with the file
-        out.notes.extend((s / tpb, last, pitch) for s in starts)
-    out.notes.sort()
+    for key, starts in open_at.items():  # notes never released end with the file
+        notes.extend((s / tpb, last, key & 0x7F, v) for s, v in starts)
+    notes.sort()
+    out.notes = [n[:3] for n in notes]
+    out.velocities = [n[3] for n in notes]
     return out
+
+
+def _program_at(timeline: list[tuple[int, int]] | None, tick: int) -> int:
+    """The program a channel plays at `tick` (0, acoustic grand, before its first change)."""
+    program = 0
+    for at, value in timeline or ():
+        if at > tick:
+            break
+        program = value
+    return program
 
 
 def notes_to_midi(
