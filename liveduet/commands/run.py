@@ -44,6 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing recording")
     p.add_argument("--stats", type=Path, metavar="FILE.jsonl", help="append one JSON line of timing per answer")
     p.add_argument("--no-dashboard", action="store_true", help="plain log lines instead of the dashboard")
+    p.add_argument("--web", type=int, nargs="?", const=8765, metavar="PORT",
+                   help="also serve the live page (liveduet studio's Live tab) on http://127.0.0.1:PORT (default 8765)")
+    p.add_argument("--web-host", default="127.0.0.1", metavar="HOST",
+                   help="address for --web (others need --web-token)")
+    p.add_argument("--web-token", metavar="SECRET", help="a secret the live page must present (required off localhost)")
     p.add_argument("--duration", type=float, help="end the session after this many seconds")
     p.add_argument("--seed", type=int, help="random seed for repeatable answers")
     p.set_defaults(func=run)
@@ -105,8 +110,23 @@ def run(args: argparse.Namespace) -> int:
     backend = ports.get_backend(args.backend) if not file_input or args.out else None
     options = DuetOptions(inp=args.inp, out=args.out, virtual=args.virtual, record=args.record, force=args.force,
                           stats=args.stats, duration=args.duration, seed=args.seed, plain=args.no_dashboard)
+    views = [v for v in (_web(args), None if args.no_dashboard else _dashboard()) if v is not None]
     return Duet(settings, runtime.vocab, sampler, options, backend=backend, player_events=player_events, say=say,
-                view=None if args.no_dashboard else _dashboard()).run()
+                view=views).run()
+
+
+def _web(args: argparse.Namespace):
+    """The live page's maker for --web (checked before anything starts), or None."""
+    if args.web is None:
+        return None
+    from liveduet.web.server import check_exposure
+    from liveduet.web.view import live_view
+
+    if not 0 <= args.web <= 65535:
+        raise ConfigError(f"--web PORT must be in 0..65535, got {args.web}")
+    check_exposure(args.web_host, args.web_token)
+    folder = args.record.parent if args.record else Path(".")
+    return live_view(args.web, args.web_host, args.web_token, folder)
 
 
 def _dashboard():

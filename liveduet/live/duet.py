@@ -8,7 +8,7 @@ in which it lets go, written once.
                 session              its threads started (live/session.py)
                 input port           (--in PORT)
                 port watchers        hot-plug: the ports opened, by their exact names
-                the view             (the dashboard; it sends commands: a producer too)
+                the views            (the dashboard, the web page: they send commands, producers too)
                 file player          (--in FILE.mid)
     wait()    until stopped (a signal, the view's `q`, a Quit command), the --duration is over, or a
               file input has been played and answered
@@ -79,10 +79,13 @@ class DuetOptions:
 
 
 class View(Protocol):
-    """The dashboard, as the duet uses it: made from the session and the duet's stop event."""
+    """The dashboard or the web page, as the duet uses it: made from the session and the duet's stop event."""
 
     def start(self) -> None: ...
     def stop(self) -> None: ...
+
+
+ViewMaker = Callable[[Session, threading.Event], View]
 
 
 class Duet:
@@ -99,7 +102,7 @@ class Duet:
         player_events: list[tuple[float, mido.Message]] | None = None,
         clock: Clock | None = None,
         say: Callable[[str], None] | None = None,
-        view: Callable[[Session, threading.Event], View] | None = None,
+        view: ViewMaker | list[ViewMaker] | None = None,
         threads: bool = True,
         console: Any = None,
         watch_interval: float = WATCH_INTERVAL_S,
@@ -109,7 +112,7 @@ class Duet:
         self.player_events = player_events  # a file input, loaded (None: the input is a port)
         self.clock: Clock = clock or MonotonicClock()
         self.say = say or logger(options.plain)
-        self.make_view = view
+        self.make_views = view if isinstance(view, list) else [view] if view is not None else []
         self.threads = threads
         self.console = console
         self.watch_interval = watch_interval
@@ -331,12 +334,12 @@ class Duet:
             self.say(f"reconnecting {name} failed: {err}")
 
     def _start_view(self, stack: contextlib.ExitStack) -> None:
-        if self.make_view is None:
-            return
+        """The views (the dashboard, the web page), in order; each stops before the session."""
         assert self.session is not None
-        view = self.make_view(self.session, self._stopping)
-        view.start()
-        stack.callback(view.stop)
+        for make in self.make_views:
+            view = make(self.session, self._stopping)
+            view.start()
+            stack.callback(view.stop)
 
     def _start_player(self, stack: contextlib.ExitStack) -> None:
         if self.player_events is None:

@@ -1,0 +1,1 @@
+"""The web studio: a second face of the engine (live page), the recordings and the generator."""

@@ -1,0 +1,97 @@
+"""Who may talk to the studio: an ASGI middleware in front of every route.
+
+- Host: only the names the server was started for (127.0.0.1, localhost, the --host) pass, so a page
+  on another site cannot reach it through DNS rebinding.
+- Origin: a websocket or a POST that carries an Origin header must come from the studio's own
+  origin: a web page elsewhere cannot drive the user's synth or make the machine generate.
+- Token (required off localhost): a `token` query parameter (the URL the studio prints), the
+  `X-Liveduet-Token` header, or the cookie the page gets once it was opened with the token.
+Refusals are one-line JSON errors (403), never a page.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import parse_qs
+
+COOKIE = "liveduet_token"
+HEADER = b"x-liveduet-token"
+LOCAL_NAMES = ("127.0.0.1", "localhost", "[::1]")
+PUBLIC_PREFIXES = ("/static/",)  # the page's own code and style: nothing private, no token needed
+
+ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
+
+
+def allowed_hosts(host: str, port: int, extra: Iterable[str] = ()) -> set[str]:
+    """The Host header values the studio answers to (with and without the port)."""
+    names = {*LOCAL_NAMES, host if ":" not in host else f"[{host}]", *extra}
+    return {n for name in names for n in (name, f"{name}:{port}")}
+
+
+def origins_for(hosts: set[str]) -> set[str]:
+    return {f"{scheme}://{h}" for h in hosts for scheme in ("http", "https")}
+
+
+class Guard:
+    """Wraps the app; see the module doc. `token` None: no token asked (localhost only)."""
+
+    def __init__(self, app: ASGIApp, hosts: set[str], token: str | None = None) -> None:
+        self.app = app
+        self.hosts = hosts
+        self.origins = origins_for(hosts)
+        self.token = token
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        why = self.refusal(scope, headers)
+        if why is None:
+            await self.app(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await receive()  # the websocket.connect message, then the refusal (an HTTP 403 to the client)
+            await send({"type": "websocket.close", "code": 1008, "reason": why})
+        else:
+            await _json_error(send, 403, why)
+
+    def refusal(self, scope: dict, headers: dict[bytes, bytes]) -> str | None:
+        """Why this request is refused, or None."""
+        host = headers.get(b"host", b"").decode("latin-1").lower()
+        if host not in self.hosts:
+            return f"host {host!r} is not this studio's"
+        origin = headers.get(b"origin")
+        checks_origin = scope["type"] == "websocket" or scope.get("method") not in ("GET", "HEAD", "OPTIONS")
+        if checks_origin and origin is not None and origin.decode("latin-1").lower() not in self.origins:
+            return f"origin {origin.decode('latin-1')!r} may not use this studio"
+        if self.token is None or scope.get("path", "").startswith(PUBLIC_PREFIXES):
+            return None
+        if any(hmac.compare_digest(given.encode(), self.token.encode()) for given in self._tokens(scope, headers)):
+            return None
+        return "a token is required: open the URL the studio printed (…/?token=…)"
+
+    @staticmethod
+    def _tokens(scope: dict, headers: dict[bytes, bytes]) -> list[str]:
+        given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [])
+        if HEADER in headers:
+            given.append(headers[HEADER].decode("latin-1"))
+        if b"cookie" in headers:
+            cookie = SimpleCookie()
+            try:
+                cookie.load(headers[b"cookie"].decode("latin-1"))
+            except Exception:  # a malformed cookie header is no token
+                return given
+            if COOKIE in cookie:
+                given.append(cookie[COOKIE].value)
+        return given
+
+
+async def _json_error(send: Any, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
