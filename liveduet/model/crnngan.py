@@ -194,8 +194,10 @@ class Generator(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.inp = nn.Linear(cfg.noise + NF, cfg.hidden)
-        self.rnn = nn.LSTM(cfg.hidden, cfg.hidden, cfg.layers, batch_first=True,
-                           dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+        # Cells, not nn.LSTM: the generator runs step by step (its input is its last output), and a
+        # one-step nn.LSTM call costs several times a cell's (oneDNN's setup per call).
+        self.cells = nn.ModuleList(nn.LSTMCell(cfg.hidden, cfg.hidden) for _ in range(cfg.layers))
+        self.drop = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.hidden, NF)
 
     def initial_state(self, batch: int) -> GenState:
@@ -205,10 +207,15 @@ class Generator(nn.Module):
 
     def step(self, z: Tensor, state: GenState) -> tuple[Tensor, GenState]:
         """z [B, noise] → features [B, 4], next state."""
-        x = torch.relu(self.inp(torch.cat([z, state.prev], dim=1)))[:, None]  # [B, 1, H]
-        y, (h, c) = self.rnn(x, (state.h, state.c))  # y: [B, 1, H]
-        f = self.out(y[:, 0])  # [B, 4]
-        return f, GenState(h, c, f)
+        x = torch.relu(self.inp(torch.cat([z, state.prev], dim=1)))  # [B, H]
+        hs, cs = [], []
+        for i, cell in enumerate(self.cells):
+            h, c = cell(x, (state.h[i], state.c[i]))  # [B, H] each
+            hs.append(h)
+            cs.append(c)
+            x = self.drop(h) if i + 1 < len(self.cells) else h
+        f = self.out(x)  # [B, 4]
+        return f, GenState(torch.stack(hs), torch.stack(cs), f)
 
     def forward(self, z: Tensor, primer: Tensor | None = None) -> Tensor:
         """z [B, T, noise] → features [B, T, 4]. With a primer [B, P, 4] the first P steps are fed the
