@@ -67,7 +67,8 @@ def queued_notes(heap: list, t0: float, click_channel: int | None = None) -> tup
 
 def diff(prev: dict, cur: dict) -> dict:
     """The keys of `cur` whose values differ from `prev` (a frame's update)."""
-    return {k: v for k, v in cur.items() if prev.get(k) != v}
+    missing = object()
+    return {k: v for k, v in cur.items() if prev.get(k, missing) != v}
 
 
 class LiveFeed:
