@@ -61,8 +61,13 @@ def answer_sampler(runtime: Any, answer: AnswerSettings, seed: int | None = None
     """The model's sampler as `run` and the live evaluation use it: the [answer] settings, <bos> fed."""
     from liveduet.model.sampling import Sampler
 
-    return Sampler(runtime, temperature=answer.temperature, top_k=answer.top_k, top_p=answer.top_p, seed=seed,
-                   max_repeat=answer.max_repeat, max_loop=answer.max_loop)
+    sampler = Sampler(runtime, temperature=answer.temperature, top_k=answer.top_k, top_p=answer.top_p, seed=seed,
+                      max_repeat=answer.max_repeat, max_loop=answer.max_loop)
+    if answer.candidates <= 1:
+        return sampler
+    from liveduet.live.candidates import best_of_k  # the critic beside the model (ModelLoadError if unfit)
+
+    return best_of_k(sampler, runtime.path, answer.candidates, seed)
 
 
 class Session:

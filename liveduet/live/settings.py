@@ -40,6 +40,7 @@ class AnswerSettings:
     follow_rhythm: float = 1.0  # bias toward the call's note durations (0: off)
     follow_register: float = 1.0  # bias toward the call's register (0: off)
     mirror: bool = True  # velocity contour, articulation and swing follow the call's (live/expression.py)
+    candidates: int = 1  # > 1: sample this many continuations per stretch, play the critic's pick (live/candidates.py)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class LiveSettings:
             ("answer.follow", a.follow, 0 <= a.follow <= 10),
             ("answer.follow_rhythm", a.follow_rhythm, 0 <= a.follow_rhythm <= 10),
             ("answer.follow_register", a.follow_register, 0 <= a.follow_register <= 10),
+            ("answer.candidates", a.candidates, 1 <= a.candidates <= 16),
             ("phrase.entry_silence_beats", p.entry_silence_beats, 0.25 <= p.entry_silence_beats <= 16),
             ("tempo.bpm", t.bpm, t.bpm == 0 or 20 <= t.bpm <= 300),
             ("tempo.initial_bpm", t.initial_bpm, 20 <= t.initial_bpm <= 300),

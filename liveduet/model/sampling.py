@@ -214,9 +214,9 @@ class Sampler:
         self.history = list(history)
         self.tokens = deque(tokens, maxlen=RECENT_TOKENS)
 
-    def banned(self) -> list[int]:
-        """Pitch tokens the repetition guard forbids next."""
-        h = self.history
+    def banned(self, history: list[int] | None = None) -> list[int]:
+        """Pitch tokens the repetition guard forbids next (after `history`, default this sampler's)."""
+        h = self.history if history is None else history
         out = []
         n = self.max_repeat
         if n and len(h) >= n and all(t == h[-1] for t in h[-n:]):
@@ -228,6 +228,15 @@ class Sampler:
             if all(h[i] == h[i + p] for i in range(len(h) - span, len(h) - p)):
                 out.append(h[-p])
         return out
+
+    def masks(self) -> tuple[Tensor, Tensor]:
+        """The additive masks now in force ([V] each): after a duration (grammar, scale lock, the call's
+        pitch-class and register biases) and after a pitch (grammar, the call's rhythm bias)."""
+        return (self._mask_pitch_eos if self.allow_eos else self._mask_pitch), self._mask_duration
+
+    @property
+    def expects_duration(self) -> bool:
+        return self._expect_duration
 
     def _scores(self, use_guard: bool) -> tuple[Tensor, bool]:
         """The logits after temperature, grammar, scale and guard masks ([V], a new tensor), and
@@ -293,3 +302,23 @@ class Sampler:
                 return None
         dur = self.sample()
         return self.vocab.pitches_of(pitch), self.vocab.duration_of(dur)
+
+
+def draw_rows(x: Tensor, temperature: float, top_k: int, top_p: float, uniforms: Sequence[float]) -> list[int]:
+    """One token per row of masked scores x [K, V] (temperature already applied), as `Sampler._draw`
+    draws one: greedy at temperature 0, else top-k, then the smallest prefix of mass top_p (searched
+    among the likeliest 64 tokens, which hold it for a peaked model), then an inverse-CDF pick with
+    the row's uniform number. One pass for all K candidates."""
+    if temperature == 0:
+        return [int(t) for t in torch.argmax(x, dim=1)]
+    k = min(x.shape[1], top_k if top_k > 0 else 64)
+    vals, idx = torch.topk(x, k, dim=1)  # [K, k] sorted descending
+    probs = torch.softmax(vals, dim=1) if top_k > 0 else torch.softmax(x, dim=1).gather(1, idx)
+    cdf = probs.cumsum(1)  # [K, k]
+    if top_p < 1.0:
+        keep = (cdf - probs) < top_p  # the prefix that reaches top_p (the first token always)
+        probs = probs * keep
+        cdf = probs.cumsum(1)
+    u = torch.tensor(uniforms, dtype=cdf.dtype)[:, None] * cdf[:, -1:]  # [K, 1]
+    pick = torch.searchsorted(cdf, u, right=True).clamp_(max=k - 1)  # [K, 1]
+    return idx.gather(1, pick)[:, 0].tolist()
