@@ -1,0 +1,310 @@
+"""The exported phrase VAE: writing the folder, checking it, loading it.
+
+    models/vary/
+      vae.ts        TorchScript: encode(tokens[1, T]) -> (μ, log σ²) [1, Z]; start(z) -> h;
+                    forward(token[B], z[B, Z], h) -> (logits[B, V], h), the decoder's cached step
+      vocab.json    the vocabulary its token ids refer to (the language model's)
+      config.json   model and training config
+      card.json     "family": "vae", checksum, data, training, reconstruction, the benchmark's figures
+      card.md       the same for people
+      loss.png, history.json   the training curves
+
+A VAE whose posterior collapsed (no active latent unit, or a KL under COLLAPSED_KL nats per phrase)
+answers every call alike: `check_not_collapsed` refuses it at export, and a test holds it to that.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from liveduet import __version__
+from liveduet.errors import LiveduetError, ModelLoadError
+from liveduet.fsutil import write_atomic
+from liveduet.model.card import sha256_of
+from liveduet.model.family import check_family
+from liveduet.model.vae import PhraseVAE, VAEConfig
+from liveduet.music.tokens import Vocabulary
+
+FORMAT = "liveduet-vae/1"
+FILE = "vae.ts"
+PARITY_TOLERANCE = 1e-5
+COLLAPSED_KL = 1.0  # nats per phrase: below this z says next to nothing about the phrase
+
+
+class VAEScript(nn.Module):
+    """What the runtime calls, TorchScript-friendly: the encoder, the decoder's start and one step."""
+
+    def __init__(self, model: PhraseVAE) -> None:
+        super().__init__()
+        self.model = model
+
+    @torch.jit.export
+    def encode(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """tokens [1, T] int64 → μ, log σ² [1, Z]."""
+        return self.model.encode_one(tokens)
+
+    @torch.jit.export
+    def start(self, z: Tensor) -> Tensor:
+        """z [B, Z] → the decoder's first state h [1, B, H]."""
+        return self.model.initial_h(z)
+
+    def forward(self, token: Tensor, z: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """token [B] int64 → logits [B, V], the next state."""
+        logits, h = self.model.decode_run(token.unsqueeze(1), z, h)  # [B, 1, V]
+        return logits.squeeze(1), h
+
+
+def script_vae(model: PhraseVAE) -> torch.jit.ScriptModule:
+    """TorchScript of the VAE's live path (torch.jit's DeprecationWarning silenced around our calls only)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        return torch.jit.script(VAEScript(model.eval()))
+
+
+def check_parity(model: PhraseVAE, scripted: torch.jit.ScriptModule, tokens: Tensor) -> float:
+    """Largest difference, relative to the logits' scale, between the eager model (packed encoder,
+    teacher-forced decoder over the whole phrase) and the scripted encode + one cached step at a time."""
+    with torch.no_grad():
+        post = model.encode_packed(tokens, torch.tensor([tokens.shape[1]]))
+        mu, _ = scripted.encode(tokens)
+        worst = float((mu - post.mu).abs().max())
+        full, _ = model.decode_run(tokens, post.mu, model.initial_h(post.mu))  # [1, T, V]
+        h = scripted.start(mu)
+        for t in range(tokens.shape[1]):
+            logits, h = scripted(tokens[:, t], mu, h)
+            worst = max(worst, float((logits - full[:, t]).abs().max()))
+    return worst / max(1.0, float(full.abs().max()))
+
+
+def check_not_collapsed(figures: dict) -> None:
+    """LiveduetError when the validation figures say the posterior collapsed (z is ignored)."""
+    kl, active = figures.get("val_kl"), figures.get("active_units")
+    if kl is None or active is None:
+        raise LiveduetError("the run has no validation figures (val_kl, active_units): evaluate it first")
+    if active < 1 or kl < COLLAPSED_KL:
+        raise LiveduetError(f"the VAE's posterior collapsed (KL {kl:.3f} nats/phrase, {active} active units): "
+                            "it would answer every call alike; retrain with free_bits or a longer KL warm-up")
+
+
+def best_row(history: list[dict], key: str = "val_elbo") -> dict:
+    rows = [r for r in history if isinstance(r.get(key), int | float)]
+    return min(rows, key=lambda r: r[key]) if rows else {}
+
+
+def export_vae(run_dir: Path, ckpt: dict, out: Path, force: bool, name: str | None, evaluation: dict | None) -> dict:
+    """Write the exported folder from the loop's best checkpoint. Returns the card."""
+    run_dir, out = Path(run_dir), Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise LiveduetError(f"{out} exists (use --force to replace it)")
+    try:
+        cfg = VAEConfig(**ckpt["config"]["model"])
+        model = PhraseVAE(cfg)
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, KeyError, RuntimeError, LiveduetError) as err:
+        raise ModelLoadError(f"{run_dir}: weights do not fit the VAE they describe ({str(err)[:200]})") from err
+    model.eval()
+    vocab = Vocabulary.load(run_dir / "vocab.json")
+    vocab.check_compatible(str(ckpt.get("vocab_fingerprint")), f"the checkpoint in {run_dir}")
+    run_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").exists() else []
+    best = best_row(history)
+    check_not_collapsed(best)
+
+    scripted = script_vae(model)
+    probe = torch.randint(3, len(vocab), (1, 40), generator=torch.Generator().manual_seed(0))
+    worst = check_parity(model, scripted, probe)
+    if worst > PARITY_TOLERANCE:
+        raise LiveduetError(f"exported VAE differs from the trained model by {worst:.2e} (> {PARITY_TOLERANCE})")
+
+    tmp = out.with_name(out.name + ".tmp-export")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        scripted.save(str(tmp / FILE))
+    vocab.save(tmp / "vocab.json")
+    (tmp / "config.json").write_text(json.dumps(ckpt["config"], indent=1) + "\n")
+    for extra in ("loss.png", "history.json"):
+        if (run_dir / extra).exists():
+            shutil.copy2(run_dir / extra, tmp / extra)
+    summary = run_info.get("summary", {})
+    data_info = run_info.get("data_manifest") or {}
+    card = {
+        "name": name or out.name, "family": "vae", "format": FORMAT, "file": FILE,
+        "sha256": sha256_of(tmp / FILE), "size_bytes": (tmp / FILE).stat().st_size,
+        "params": model.num_params(), "config": ckpt["config"],
+        "vocab_size": len(vocab), "vocab_fingerprint": vocab.fingerprint(),
+        "reconstruction": {k: best.get(k) for k in ("val_elbo", "val_recon_nll", "val_kl", "val_tf_acc",
+                                                    "val_greedy_acc", "active_units", "val_phrases", "step")},
+        "checkpoint": {"epoch": ckpt.get("epoch"), "step": ckpt.get("step"), "global_step": ckpt.get("global_step")},
+        "data": {"folder": run_info.get("data"), "sources": data_info.get("sources"),
+                 "settings": data_info.get("settings"), "counts": data_info.get("counts")},
+        "training": {"seconds": summary.get("train_seconds"), "epochs_done": summary.get("epochs_done"),
+                     "stop_reason": summary.get("stop_reason"), "steps": summary.get("global_step"),
+                     "seed": run_info.get("seed"), "device": run_info.get("device"), "torch": run_info.get("torch")},
+        "reproduce": [*run_info.get("commands", []), f"liveduet export {run_dir} --out {out}"],
+        "export_parity_max_abs": worst,
+        "evaluation": evaluation,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "liveduet_version": __version__,
+    }
+    (tmp / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+    (tmp / "card.md").write_text(render_vae_card(card))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return card
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+@dataclass
+class VAEModel:
+    """A loaded VAE folder: the scripted module, its vocabulary, config and card."""
+
+    script: torch.jit.ScriptModule
+    vocab: Vocabulary
+    cfg: VAEConfig
+    card: dict
+    path: Path
+
+    @property
+    def z_dim(self) -> int:
+        return self.cfg.z_dim
+
+    @torch.no_grad()
+    def encode(self, tokens: list[int] | np.ndarray) -> tuple[Tensor, Tensor]:
+        """Phrase tokens (no <bos>/<eos>) → μ, log σ² [1, Z]."""
+        return self.script.encode(torch.as_tensor(np.asarray(tokens, dtype=np.int64)).view(1, -1))
+
+
+def load_vae(path: str | Path) -> VAEModel:
+    """An exported VAE folder, checked: its card names the VAE family, the checksum matches, it loads."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelLoadError(f"no VAE folder at {path} (train one with `liveduet train --config configs/vae.toml`)")
+    try:
+        card = json.loads((path / "card.json").read_text())
+    except FileNotFoundError as err:
+        raise ModelLoadError(f"{path} has no card.json: not an exported model folder") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelLoadError(f"{path}/card.json is damaged: {err}") from err
+    if not isinstance(card, dict):
+        raise ModelLoadError(f"{path}/card.json is not a model card (a JSON object)")
+    check_family(card, path, "vae", "a VAE (the phrase VAE that `vary` and `morph` use)")
+    if card.get("format") != FORMAT:
+        raise ModelLoadError(f"{path}: VAE format {card.get('format')!r} is not {FORMAT!r}")
+    file = path / FILE
+    if not file.is_file() or sha256_of(file) != card.get("sha256"):
+        raise ModelLoadError(f"{file} is missing or does not match its card's checksum (damaged?)")
+    vocab = Vocabulary.load(path / "vocab.json")
+    if vocab.fingerprint() != card.get("vocab_fingerprint"):
+        raise ModelLoadError(f"{path}: vocab.json is not the vocabulary the VAE was trained with")
+    try:
+        cfg = VAEConfig(**card["config"]["model"])
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            script = torch.jit.load(str(file), map_location="cpu").eval()
+    except Exception as err:  # torch.jit raises RuntimeError and friends for a foreign file
+        raise ModelLoadError(f"{path}: cannot load the VAE ({str(err).strip().splitlines()[0][:200]})") from err
+    return VAEModel(script, vocab, cfg, card, path)
+
+
+# -- the card --------------------------------------------------------------------------------
+
+def _f(value: object, spec: str = ".3f") -> str:
+    return "—" if value is None else format(value, spec) if isinstance(value, int | float) else str(value)
+
+
+def render_vae_card(card: dict) -> str:
+    """card.json → card.md."""
+    m, t = card["config"]["model"], card["config"]["train"]
+    r, tr, data = card.get("reconstruction") or {}, card.get("training") or {}, card.get("data") or {}
+    lines = [
+        f"# liveduet model card: {card['name']} (phrase VAE)", "",
+        f"A phrase VAE over liveduet-tokens/1 ({card['vocab_size']} tokens, the language model's vocabulary): "
+        f"a bidirectional GRU encoder ({m['enc_hidden']} units a direction, embedding {m['embed']}) → z of "
+        f"{m['z_dim']} dimensions (μ, log σ²) → a one-layer GRU decoder of {m['dec_hidden']} units whose state "
+        f"starts at tanh(W z) and which reads z at every step. Phrases are {m['window_beats']}-beat windows "
+        f"cut on bar lines ({m['bar_beats']}-beat bars counted from each piece's first onset). It answers "
+        "`liveduet run --mode vary`, `liveduet vary` and `liveduet morph`.", "",
+        "| | |", "|---|---|",
+        f"| format | {card['format']} (`{card['file']}`, sha256 `{card['sha256'][:16]}…`) |",
+        f"| parameters | {card['params']:,} ({card['size_bytes'] / 1e6:.1f} MB) |",
+        f"| objective | recon + β·Σ max(KL_d, {m['free_bits']}) with β 0 → {m['beta']} over "
+        f"{m['kl_warmup_steps']} steps; word dropout {m['word_dropout']}, dropout {m['dropout']} |",
+        f"| training | batch {t['batch']}, {t['optimizer']} lr {t['lr']} ({t['lr_schedule']}), "
+        f"{_f(tr.get('steps'), '')} steps, {_f(tr.get('seconds'), '')} s on {_f(tr.get('device'), '')} "
+        f"({_f(tr.get('stop_reason'), '')}), seed {_f(tr.get('seed'), '')} |",
+        f"| data | `{_f(data.get('folder'), '')}`: {', '.join(data.get('sources') or [])}; transpositions "
+        f"{(data.get('settings') or {}).get('transpose')} |",
+        f"| export parity | {_f(card.get('export_parity_max_abs'), '.1e')} (relative, scripted step vs eager) |",
+        "", "## Reconstruction (validation phrases, by piece)", "",
+        "| measure | value |", "|---|---|",
+        f"| ELBO bound | {_f(r.get('val_elbo'))} nats/token |",
+        f"| reconstruction NLL at μ | {_f(r.get('val_recon_nll'))} nats/token |",
+        f"| KL | {_f(r.get('val_kl'), '.2f')} nats/phrase |",
+        f"| token accuracy, teacher-forced from μ | {_f(r.get('val_tf_acc'))} |",
+        f"| token accuracy, greedy-decoded from μ | {_f(r.get('val_greedy_acc'))} |",
+        f"| active latent units (Var μ_d > {m['active_threshold']}) | {_f(r.get('active_units'), '')} of "
+        f"{m['z_dim']} |",
+        f"| phrases | {_f(r.get('val_phrases'), '')} |", "",
+    ]
+    ev = card.get("evaluation")
+    if isinstance(ev, dict):
+        lines += render_evaluation(ev)
+    if card.get("notes"):
+        lines += ["## Notes", "", str(card["notes"]), ""]
+    lines += ["## Reproduce", "", "```", *card.get("reproduce", []), "```", ""]
+    return "\n".join(lines)
+
+
+def render_evaluation(ev: dict) -> list[str]:
+    """The benchmark's figures (benchmarks/bench_vae.py) on the card."""
+    lines = []
+    if ev.get("lm_same_phrases"):
+        lm = ev["lm_same_phrases"]
+        lines += [f"The language model on the same phrases: {_f(lm.get('nll'))} nats/token "
+                  f"(the VAE's ELBO bound: {_f(lm.get('vae_elbo'))}).", ""]
+    curve = ev.get("variation_curve")
+    if curve:
+        lines += ["## Variation curve (σ: z' = μ + σ·ε)", "",
+                  "| σ | token accuracy | edit similarity | pitch-class cosine | rhythm overlap | in key |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {row['sigma']:g} | {_f(row['token_acc'])} | {_f(row['edit_similarity'])} | "
+                  f"{_f(row['pc_cosine'])} | {_f(row['rhythm_overlap'])} | {_f(row['in_key'])} |" for row in curve]
+        lines.append("")
+    morph = ev.get("morph")
+    if morph:
+        lines += ["## Morph (spherical interpolation)", "",
+                  f"{morph.get('pairs')} pairs, {morph.get('steps')} steps: distance to A rises monotonically in "
+                  f"{_f(morph.get('monotone_a'))} of pairs, to B falls in {_f(morph.get('monotone_b'))}; "
+                  f"mean in-key share {_f(morph.get('in_key_mean'))}, lowest step {_f(morph.get('in_key_min'))}.", ""]
+    live = ev.get("live")
+    if live:
+        lines += ["## Live cost (inside the daemon's engine)", "",
+                  f"Encode + first beat of the answer: p50 {_f(live.get('plan_ms_p50'))} ms, p99 "
+                  f"{_f(live.get('plan_ms_p99'))} ms; answer lateness p99 {_f(live.get('late_ms_p99'))} ms "
+                  f"over {_f(live.get('calls'), '')} calls.", ""]
+    return lines
+
+
+def update_vae_card(model_dir: str | Path, **fields: object) -> dict:
+    """Add fields (e.g. evaluation=...) to an exported VAE card and re-render card.md."""
+    model_dir = Path(model_dir)
+    card = json.loads((model_dir / "card.json").read_text())
+    card.update(fields)
+    write_atomic(model_dir / "card.json", (json.dumps(card, indent=1) + "\n").encode())
+    write_atomic(model_dir / "card.md", render_vae_card(card).encode())
+    return card
