@@ -75,6 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.live:
         return run_live(args)
+    if args.model is not None and _family(args.model) == "crnngan":
+        return run_gan(args)
     options = EvalOptions(max_tokens=args.max_tokens, samples=args.samples, length=args.length, prime=args.prime,
                           order=args.order, markov_tokens=args.markov_tokens, temperature=args.temperature,
                           seed=args.seed, threads=args.threads)
@@ -88,6 +90,30 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=1))
     else:
         render(report, Console())
+    return 0
+
+
+def _family(model: Path) -> str:
+    """The family a model folder's card names ("lm" when unreadable: its loader names the problem)."""
+    try:
+        return str(json.loads((model / "card.json").read_text()).get("family") or "lm")
+    except (OSError, ValueError, AttributeError):
+        return "lm"
+
+
+def run_gan(args: argparse.Namespace) -> int:
+    """A C-RNN-GAN folder: its samples, the language model's and real music side by side
+    (liveduet/model/crnngan_eval.py); --card puts the report on the GAN's card."""
+    from liveduet.model.crnngan_eval import evaluate_gan, update_gan_card
+    from liveduet.music.dataset import load_dataset
+
+    err = Console(stderr=True, quiet=args.quiet)
+    with err.status("evaluating the C-RNN-GAN") as status:
+        report = evaluate_gan(args.model, load_dataset(args.data), samples=args.samples, seed=args.seed,
+                              log=lambda text: status.update(text))
+    if args.card:
+        update_gan_card(args.model, report)
+    print(json.dumps(report, indent=1))
     return 0
 
 
