@@ -47,6 +47,12 @@ class LiveSampler(Protocol):
     def follow_register(self, mean: float | None, spread: float, strength: float) -> None: ...
 
 
+class EventSource(Protocol):
+    """Where an answer's events come from instead of the model's sampler (vary mode: live/vary.py)."""
+
+    def sample_event(self) -> Event | None: ...
+
+
 @dataclass
 class Call:
     t0: float  # first note, seconds
@@ -77,6 +83,7 @@ class Answer:
     lateness: list[float] = field(default_factory=list)
     step_ms: list[float] = field(default_factory=list)
     echo: list[Event] | None = None  # echo mode: the call's events, played back instead of sampled
+    source: EventSource | None = None  # vary mode: the call's variation, streamed instead of the model's
     expr: expression.Expression = field(default_factory=expression.Expression)
 
     def beat_time(self, twelfths: float) -> float:
@@ -149,7 +156,7 @@ class AnswerPlayer:
                 pitches, dur = a.echo.pop(0)
             else:
                 started = time.perf_counter()
-                event = self.sampler.sample_event()
+                event = (a.source or self.sampler).sample_event()
                 if event is None:  # the model ended the piece: the answer ends here
                     a.target = a.pos
                     break

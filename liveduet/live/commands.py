@@ -19,7 +19,8 @@ from liveduet.live.settings import LiveSettings
 
 TEMPERATURE_RANGE = (0.1, 2.0)  # safe .. wild
 LENGTH_RANGE = (0.25, 2.0)  # answer length as a share of the call
-MODES = ("call", "echo", "accompany")
+VARIATION_RANGE = (0.0, 2.0)  # vary mode's σ: a near-copy .. far from the call
+MODES = ("call", "echo", "accompany", "vary")
 CALL_KEY = -1  # LockScale(CALL_KEY): the key of the current (or last) call
 
 
@@ -31,6 +32,11 @@ class SetTemperature:
 @dataclass(frozen=True)
 class SetLength:
     ratio: float
+
+
+@dataclass(frozen=True)
+class SetVariation:
+    value: float  # vary mode's σ
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,7 @@ class Quit:
     pass
 
 
-Command = SetTemperature | SetLength | SetMode | LockScale | Panic | EndCall | Record | Quit
+Command = SetTemperature | SetLength | SetVariation | SetMode | LockScale | Panic | EndCall | Record | Quit
 
 
 def clamp(value: float, bounds: tuple[float, float]) -> float:
@@ -85,6 +91,8 @@ def from_control(msg: mido.Message, settings: LiveSettings, min_pitch: int) -> C
     if msg.type == "control_change":
         if msg.control == c.lock_cc:
             return LockScale(CALL_KEY if msg.value >= 64 else None)
+        if msg.control == c.temperature_cc and settings.practice.mode == "vary":
+            return SetVariation(scaled(msg.value, VARIATION_RANGE))  # vary mode: the mod wheel is σ
         if msg.control == c.temperature_cc:
             return SetTemperature(scaled(msg.value, TEMPERATURE_RANGE))
         if msg.control == c.length_cc:
@@ -110,7 +118,7 @@ class CommandError(LiveduetError):
     """A control message from a client (the web page) that means no command; the reason in one line."""
 
 
-JSON_TYPES = ("temperature", "length", "mode", "lock", "panic", "record", "end_call")
+JSON_TYPES = ("temperature", "length", "variation", "mode", "lock", "panic", "record", "end_call")
 
 
 def _number(data: dict, bounds: tuple[float, float]) -> float:
@@ -135,6 +143,8 @@ def from_json(data: object, modes: tuple[str, ...] = MODES) -> Command:
         return SetTemperature(_number(data, TEMPERATURE_RANGE))
     if kind == "length":
         return SetLength(_number(data, LENGTH_RANGE))
+    if kind == "variation":
+        return SetVariation(_number(data, VARIATION_RANGE))
     if kind == "mode":
         if data.get("value") not in modes:
             raise CommandError(f"mode: value must be one of {', '.join(modes)}, got {data.get('value')!r}")

@@ -28,7 +28,7 @@ from collections.abc import Callable
 import mido
 
 from liveduet.clock import Clock
-from liveduet.live import commands, entry, expression, memory
+from liveduet.live import commands, entry, expression, memory, vary
 from liveduet.live.answer import (
     SUSTAIN,
     Answer,
@@ -98,6 +98,7 @@ class Engine:
         self.step_ms = self.player.step_ms
         self.warnings: deque[str] = deque(maxlen=5)
         self.mode = settings.practice.mode
+        self.varier = vary.Varier(settings.answer, vocab, self.mode == "vary", self.warnings.append)  # σ, the VAE
         self.lock: str | None = None
         self.grid = Grid(settings, log)  # count-in, metronome, MIDI clock: calls and answers sit on it
 
@@ -159,6 +160,8 @@ class Engine:
             self.set_temperature(cmd.value)
         elif isinstance(cmd, commands.SetLength):
             self.length_ratio = commands.clamp(cmd.ratio, commands.LENGTH_RANGE)
+        elif isinstance(cmd, commands.SetVariation):
+            self.varier.sigma = commands.clamp(cmd.value, commands.VARIATION_RANGE)
         elif isinstance(cmd, commands.SetMode):
             if cmd.mode in commands.MODES:
                 self.mode = cmd.mode  # from the next call on
@@ -220,15 +223,16 @@ class Engine:
 
     def _apply(self, event: Input, t: float, msg: mido.Message | None) -> None:
         before = self.state
-        step = transition(self.state, event, self.s.phrase.barge_in, accompany=self.mode == "accompany")
+        step = transition(self.state, event, self.s.phrase.barge_in, accompany=self.mode == "accompany",
+                          vary=self.mode == "vary")
         self.state = step.state
         for action in step.actions:
             if action is Action.START_CALL:
                 self._start_call(t)
             elif action is Action.FEED and msg is not None:
                 self._feed_message(t, msg)
-            elif action is Action.END_CALL:
-                self._end_call(t)
+            elif action in (Action.END_CALL, Action.VARY_CALL):
+                self._end_call(t, vary=action is Action.VARY_CALL)
             elif action is Action.STOP_ANSWER:
                 self._finish_answer(t, stopped=True)
             elif action is Action.RESUME_CALL:
@@ -276,7 +280,7 @@ class Engine:
             self.step_ms.append((time.perf_counter() - started) * 1e3)
             self.call.tokens.append(token)
 
-    def _end_call(self, now: float) -> None:
+    def _end_call(self, now: float, vary: bool = False) -> None:
         call = self.call
         assert call is not None
         end = self.silent_since if self.silent_since is not None else now
@@ -314,6 +318,8 @@ class Engine:
         if self.mode == "echo":
             self.answer.echo = list(self.vocab.decode(call.tokens))
             self.answer.target = sum(d for _, d in self.answer.echo)
+        if vary:  # the answer is a variation of the call, as long as the call (live/vary.py)
+            self.varier.plan(self.answer, call.tokens, self.rng.getrandbits(31))
         self.log(
             f"call {self.calls}: {len(call.tokens)} tokens, {call_beats:.1f} beats at {self.bpm:.0f} bpm; "
             f"answering {beats} beats"

@@ -17,6 +17,9 @@ In accompany mode there is no answer: liveduet plays along beat by beat while th
     LISTENING --note on-----------------------------> CALLING     (start a call and the accompaniment)
     CALLING   --silence, or end gesture-------------> LISTENING   (end the accompaniment)
 
+In vary mode the call ends the same way, but the answer is a variation of the call (the phrase
+VAE, live/vary.py): every END_CALL above is VARY_CALL.
+
 `transition` is pure: the session feeds it inputs and carries out the actions it returns.
 """
 
@@ -48,6 +51,7 @@ class Action(Enum):
     START_CALL = "start_call"
     FEED = "feed"
     END_CALL = "end_call"  # also starts the answer
+    VARY_CALL = "vary_call"  # END_CALL whose answer is a variation of the call (vary mode)
     STOP_ANSWER = "stop_answer"
     RESUME_CALL = "resume_call"  # undo END_CALL: the planned answer never sounded, the call goes on
     START_ACCOMPANIMENT = "start_accompaniment"
@@ -61,8 +65,16 @@ class Step:
     actions: tuple[Action, ...] = ()
 
 
-def transition(state: State, event: Input, barge_in: bool = True, accompany: bool = False) -> Step:
+def transition(state: State, event: Input, barge_in: bool = True, accompany: bool = False,
+               vary: bool = False) -> Step:
     """The next state and what to do, for one input."""
+    step = _transition(state, event, barge_in, accompany)
+    if vary and Action.END_CALL in step.actions:
+        return Step(step.state, tuple(Action.VARY_CALL if a is Action.END_CALL else a for a in step.actions))
+    return step
+
+
+def _transition(state: State, event: Input, barge_in: bool, accompany: bool) -> Step:
     if event is Input.PANIC:
         return Step(State.LISTENING, (Action.PANIC,))
     if state is State.LISTENING:

@@ -40,12 +40,14 @@ class AnswerSettings:
     follow_rhythm: float = 1.0  # bias toward the call's note durations (0: off)
     follow_register: float = 1.0  # bias toward the call's register (0: off)
     mirror: bool = True  # velocity contour, articulation and swing follow the call's (live/expression.py)
+    variation: float = 0.5  # vary mode: σ of z' = z + σ·ε (0: a near-copy); the mod wheel in vary mode
+    vary_model: str = ""  # vary mode: the phrase VAE's folder ("": models/vary)
     candidates: int = 1  # > 1: sample this many continuations per stretch, play the critic's pick (live/candidates.py)
 
 
 @dataclass(frozen=True)
 class PracticeSettings:
-    mode: str = "call"  # "call" (call and response) | "echo" (plays the call back) | "accompany"
+    mode: str = "call"  # "call" (call and response) | "echo" (plays the call back) | "accompany" | "vary"
     metronome: bool = False  # clicks on every beat (needs a fixed tempo, or MIDI clock)
     count_in_bars: int = 0  # clicks before the session starts listening
     beats_per_bar: int = 4
@@ -115,7 +117,8 @@ class LiveSettings:
             ("controls.length_cc", c.length_cc, -1 <= c.length_cc <= 127),
             ("controls.panic_cc", c.panic_cc, -1 <= c.panic_cc <= 127),
             ("controls.lock_cc", c.lock_cc, -1 <= c.lock_cc <= 127),
-            ("practice.mode", r.mode, r.mode in ("call", "echo", "accompany")),
+            ("practice.mode", r.mode, r.mode in ("call", "echo", "accompany", "vary")),
+            ("answer.variation", a.variation, 0 <= a.variation <= 2),
             ("practice.count_in_bars", r.count_in_bars, 0 <= r.count_in_bars <= 16),
             ("practice.beats_per_bar", r.beats_per_bar, 1 <= r.beats_per_bar <= 16),
             ("practice.call_bars", r.call_bars, 0 <= r.call_bars <= 64),

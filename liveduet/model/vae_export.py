@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -189,9 +190,15 @@ class VAEModel:
         return self.script.encode(torch.as_tensor(np.asarray(tokens, dtype=np.int64)).view(1, -1))
 
 
-def load_vae(path: str | Path) -> VAEModel:
+def default_vae_dir() -> Path:
+    """$LIVEDUET_VARY_MODEL, else <repo>/models/vary beside the (editable) package."""
+    env = os.environ.get("LIVEDUET_VARY_MODEL")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "models" / "vary"
+
+
+def load_vae(path: str | Path | None = None) -> VAEModel:
     """An exported VAE folder, checked: its card names the VAE family, the checksum matches, it loads."""
-    path = Path(path)
+    path = Path(path) if path is not None else default_vae_dir()
     if not path.is_dir():
         raise ModelLoadError(f"no VAE folder at {path} (train one with `liveduet train --config configs/vae.toml`)")
     try:

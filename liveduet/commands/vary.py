@@ -1,0 +1,96 @@
+"""`liveduet vary CALL.mid --sigma 0.5 --n 4 --out variations/`: a phrase played back, varied (the phrase VAE)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from liveduet.commands.generate import VELOCITY
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "vary",
+        help="write variations of a phrase (the phrase VAE: z' = z + σ·ε)",
+        description="Encode a MIDI phrase with the phrase VAE (models/vary), move its latent by σ·ε and "
+        "decode N variations, each as long as the phrase and at its tempo, into --out as "
+        "<name>-var<k>.mid. σ = 0 plays the phrase back as the VAE hears it. A phrase longer than the VAE's "
+        "window is varied window by window; a shorter one is repeated to fill the window, then cut back.",
+    )
+    p.add_argument("call", type=Path, metavar="CALL.mid", help="the phrase to vary")
+    p.add_argument("--sigma", type=float, default=0.5, help="variation σ >= 0 (default 0.5; 0 = a near-copy)")
+    p.add_argument("--n", type=int, default=4, help="how many variations (default 4)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the variations (created)")
+    p.add_argument("--model", type=Path, help="VAE folder (default: $LIVEDUET_VARY_MODEL or models/vary)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same variations)")
+    p.add_argument("--bpm", type=float, help="tempo of the output (default: the phrase's)")
+    p.add_argument("--force", action="store_true", help="overwrite existing files in --out")
+    p.set_defaults(func=run)
+
+
+def read_phrase(path: Path, vae: Any) -> tuple[list, float]:
+    """A MIDI file's notes as the VAE's events (quantised, chords mapped into its vocabulary), and its tempo."""
+    from liveduet.errors import MidiFileError
+    from liveduet.music.midifile import read_midi
+    from liveduet.music.tokens import tokenize_notes
+
+    try:
+        midi = read_midi(path)
+    except MidiFileError as err:  # the reader's reasons name no file: say which one
+        raise MidiFileError(f"{path}: {err}") from err
+    events = tokenize_notes(midi.notes, vae.vocab.settings, midi.pedal)
+    if not any(p for p, _ in events):
+        raise MidiFileError(f"{path}: has no notes (an empty phrase cannot be varied)")
+    return list(vae.vocab.decode(vae.vocab.encode(events))), midi.first_bpm
+
+
+def write_phrase(events: list, bpm: float, path: Path, force: bool, title: str) -> None:
+    """Events → a piano MIDI file at `bpm`, written atomically."""
+    from liveduet.errors import OutputPathError
+    from liveduet.fsutil import os_error_line
+    from liveduet.music.midifile import notes_to_midi, save_atomic
+    from liveduet.music.tokens import TICKS, events_to_notes
+
+    notes = [(on / TICKS, off / TICKS, pitch, VELOCITY) for on, off, pitch in events_to_notes(events)]
+    try:
+        save_atomic(notes_to_midi(notes, bpm=bpm, track_name=title), path, force=force)
+    except OSError as err:
+        raise OutputPathError(f"cannot write {path}: {os_error_line(err)}") from err
+
+
+def check_bpm(bpm: float | None) -> None:
+    from liveduet.errors import ConfigError
+
+    if bpm is not None and not 10 <= bpm <= 400:
+        raise ConfigError(f"--bpm must be in 10..400, got {bpm}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from liveduet.errors import ConfigError, OutputPathError
+    from liveduet.fsutil import check_output_folder
+    from liveduet.live.vary import vary_events
+    from liveduet.model.vae_export import load_vae
+    from liveduet.music.tokens import TICKS
+
+    if not args.sigma >= 0 or args.sigma > 10:  # NaN fails too
+        raise ConfigError(f"--sigma must be in 0..10, got {args.sigma}")
+    if not 1 <= args.n <= 1000:
+        raise ConfigError(f"--n must be 1..1000, got {args.n}")
+    check_bpm(args.bpm)
+    check_output_folder(args.out, "the variations")
+    vae = load_vae(args.model)
+    events, file_bpm = read_phrase(args.call, vae)
+    bpm = args.bpm or file_bpm
+    paths = [args.out / f"{args.call.stem}-var{k + 1}.mid" for k in range(args.n)]
+    taken = [p for p in paths if p.exists()]
+    if taken and not args.force:
+        raise OutputPathError(f"{taken[0]} exists (use --force to overwrite)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for k, path in enumerate(paths):
+        varied = vary_events(vae, events, args.sigma, seed=args.seed * 1000 + k)
+        write_phrase(varied, bpm, path, force=True, title=f"liveduet vary σ={args.sigma:g}")
+    beats = sum(d for _, d in events) / TICKS
+    print(f"wrote {args.n} variation(s) of {args.call} ({beats:g} beats at {bpm:g} bpm, σ = {args.sigma:g}) "
+          f"to {args.out}")
+    return 0

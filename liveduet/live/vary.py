@@ -1,0 +1,222 @@
+"""Variations of a phrase with the phrase VAE: the live answer in vary mode, `liveduet vary`, `morph`.
+
+A teacher's "play my phrase back to me, varied": the phrase is encoded to its posterior mean μ,
+moved to z' = μ + σ·ε (ε ~ N(0, I); σ = 0 decodes the phrase itself as the VAE hears it), and
+decoded greedily under the token grammar. The variety comes from z', not from sampling tokens.
+
+Windows. The VAE was trained on `window_beats`-beat phrases (model/vae.py). A longer phrase is
+varied window by window: it is cut every `window_beats` beats from its first onset, and a note held
+across a cut is struck again at the start of the next window. A phrase (or last window) shorter than
+the window is padded by repeating it until it fills the window (cut at the window's end): phrases
+repeat, so the encoder hears something like its training data rather than a truncated one. Each
+window is decoded to exactly its own length: <eos> is never chosen, and the last note is cut where
+the window ends.
+
+Invariant: a variation lasts exactly as long as its phrase, in twelfths of a beat.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from liveduet.errors import ModelLoadError
+from liveduet.music.tokens import BOS, TICKS, Event, Vocabulary
+
+if TYPE_CHECKING:  # the VAE is imported when vary mode is used, not by every `liveduet run`
+    from liveduet.live.answer import Answer
+    from liveduet.live.settings import AnswerSettings
+    from liveduet.model.vae_export import VAEModel
+
+
+def split_windows(events: list[Event], width: int) -> list[list[Event]]:
+    """Events → windows of `width` twelfths (the last may be shorter); a note crossing a cut is cut
+    there and struck again in the next window."""
+    windows: list[list[Event]] = [[]]
+    room = width
+    for pitches, dur in events:
+        while dur > 0:
+            if room == 0:
+                windows.append([])
+                room = width
+            take = min(dur, room)
+            windows[-1].append((pitches, take))
+            dur -= take
+            room -= take
+    return [w for w in windows if w]
+
+
+def fill_window(events: list[Event], width: int) -> list[Event]:
+    """The padding rule: a phrase shorter than `width` twelfths, repeated until it fills it, cut there."""
+    length = sum(d for _, d in events)
+    if length <= 0 or length >= width:
+        return list(events)
+    out: list[Event] = []
+    room = width
+    while room > 0:
+        for pitches, dur in events:
+            take = min(dur, room)
+            out.append((pitches, take))
+            room -= take
+            if room == 0:
+                break
+    return out
+
+
+def slerp(a: Tensor, b: Tensor, t: float) -> Tensor:
+    """Spherical interpolation between latent vectors (MusicVAE's), linear when they are parallel."""
+    an, bn = a / a.norm().clamp_min(1e-12), b / b.norm().clamp_min(1e-12)
+    omega = torch.arccos(torch.clamp((an * bn).sum(), -1.0, 1.0))
+    if float(omega) < 1e-4:
+        return (1 - t) * a + t * b
+    so = torch.sin(omega)
+    return torch.sin((1 - t) * omega) / so * a + torch.sin(t * omega) / so * b
+
+
+class PhraseDecoder:
+    """Streams one window's events from a latent z: greedy under the grammar, exactly `length` twelfths."""
+
+    def __init__(self, vae: VAEModel, z: Tensor, length: int) -> None:
+        self.vae, self.z, self.remaining = vae, z, length
+        vocab = vae.vocab
+        self.pitch_ok = torch.from_numpy(vocab.pitch_mask.copy())  # <eos> is never allowed: we stop at the length
+        self.dur_ok = torch.from_numpy(vocab.duration_mask.copy())
+        self.dur_base = vocab.dur_base
+        with torch.no_grad():
+            self.h = vae.script.start(z)
+        self.token = BOS
+
+    @torch.no_grad()
+    def _step(self, allowed: Tensor) -> int:
+        logits, self.h = self.vae.script(torch.tensor([self.token]), self.z, self.h)  # [1, V]
+        self.token = int(logits[0].masked_fill(~allowed, -math.inf).argmax())
+        return self.token
+
+    def next_event(self) -> Event | None:
+        """The next event, or None once the window is full."""
+        if self.remaining <= 0:
+            return None
+        pitch = self._step(self.pitch_ok)
+        dur = min(self._step(self.dur_ok) - self.dur_base + 1, self.remaining)
+        self.remaining -= dur
+        return self.vae.vocab.pitches_of(pitch), dur
+
+
+class Variation:
+    """One varied phrase, streamed event by event (an answer's event source in vary mode).
+
+    All windows are encoded when it is made (a few milliseconds: `encode_ms`), then each event costs
+    two decoder steps."""
+
+    def __init__(self, vae: VAEModel, events: list[Event], sigma: float, seed: int) -> None:
+        if sigma < 0:
+            raise ValueError(f"σ must be >= 0, got {sigma}")
+        self.started = started = time.perf_counter()
+        self.vae = vae
+        width = vae.cfg.window_beats * TICKS
+        gen = torch.Generator().manual_seed(seed)
+        self.plans: list[tuple[Tensor, int]] = []
+        for window in split_windows(events, width):
+            mu, _ = vae.encode(vae.vocab.encode(fill_window(window, width)))
+            noise = torch.randn(mu.shape, generator=gen)
+            self.plans.append((mu + sigma * noise, sum(d for _, d in window)))
+        self.decoder: PhraseDecoder | None = None
+        self.encode_ms = (time.perf_counter() - started) * 1e3
+        self.first_beat_ms: float | None = None  # from being made to the first beat decoded
+        self.decoded = 0  # twelfths
+
+    def sample_event(self) -> Event | None:
+        """The next event of the variation, or None when it has its phrase's length."""
+        while True:
+            if self.decoder is not None:
+                event = self.decoder.next_event()
+                if event is not None:
+                    self.decoded += event[1]
+                    if self.first_beat_ms is None and self.decoded >= TICKS:
+                        self.first_beat_ms = (time.perf_counter() - self.started) * 1e3
+                    return event
+            if not self.plans:
+                return None
+            z, length = self.plans.pop(0)
+            self.decoder = PhraseDecoder(self.vae, z, length)
+
+    def events(self) -> list[Event]:
+        """Everything that is left, at once (files: `liveduet vary`)."""
+        out: list[Event] = []
+        while (event := self.sample_event()) is not None:
+            out.append(event)
+        return out
+
+
+def vary_events(vae: VAEModel, events: list[Event], sigma: float, seed: int) -> list[Event]:
+    """A variation of `events` at σ (same length)."""
+    return Variation(vae, events, sigma, seed).events()
+
+
+def morph_events(vae: VAEModel, a: list[Event], b: list[Event], steps: int) -> list[list[Event]]:
+    """`steps` phrases from A to B: the first windows of each encoded to μ, interpolated spherically
+    (t = 0 … 1), each decoded to one window (`window_beats` beats)."""
+    width = vae.cfg.window_beats * TICKS
+    za, _ = vae.encode(vae.vocab.encode(fill_window(split_windows(a, width)[0], width)))
+    zb, _ = vae.encode(vae.vocab.encode(fill_window(split_windows(b, width)[0], width)))
+    out = []
+    for k in range(steps):
+        t = k / (steps - 1) if steps > 1 else 0.0
+        z = slerp(za[0], zb[0], t)[None]
+        decoder = PhraseDecoder(vae, z, width)
+        out.append([e for e in iter(decoder.next_event, None)])
+    return out
+
+
+class Varier:
+    """Vary mode's side of the engine: σ (the mod wheel in vary mode), the VAE, and each answer's
+    Variation. The VAE is loaded once, when vary mode is first needed (at start when it is the mode)."""
+
+    def __init__(self, a: AnswerSettings, vocab: Vocabulary, load: bool, warn: Callable[[str], None]) -> None:
+        self.sigma = a.variation
+        self.model = a.vary_model  # "" = the default folder (models/vary)
+        self.vocab = vocab
+        self.warn = warn
+        self.vae: VAEModel | None = self.load() if load else None
+        self.current: Variation | None = None
+        self.plan_ms: deque[float] = deque(maxlen=2000)  # encode + first beat decoded, per answer
+
+    def load(self) -> VAEModel:
+        """The VAE (ModelLoadError, one line, for a missing or foreign folder or another vocabulary)."""
+        if self.vae is None:
+            from liveduet.model.vae_export import load_vae
+
+            vae = load_vae(self.model or None)
+            if vae.vocab.fingerprint() != self.vocab.fingerprint():
+                raise ModelLoadError(f"{vae.path} was trained on vocabulary {vae.vocab.fingerprint()}, the "
+                                     f"language model uses {self.vocab.fingerprint()}: they cannot share a call")
+            self.vae = vae
+        return self.vae
+
+    def plan(self, a: Answer, call_tokens: list[int], seed: int) -> None:
+        """The answer becomes a variation of the call: as long as the call, streamed from the VAE."""
+        self.note_timing()
+        events = list(self.vocab.decode(call_tokens))
+        if not any(p for p, _ in events):
+            return  # nothing to vary: the model answers
+        try:
+            vae = self.load()
+        except ModelLoadError as err:  # switched to vary mode mid-session without a VAE: the model answers
+            self.warn(f"vary mode: {err}")
+            return
+        self.current = Variation(vae, events, self.sigma, seed)
+        a.source = self.current
+        a.target = a.pos + sum(d for _, d in events)
+
+    def note_timing(self) -> None:
+        """Keep the last variation's encode + first-beat time (once its first beat was decoded)."""
+        v = self.current
+        if v is not None and v.first_beat_ms is not None:
+            self.plan_ms.append(v.first_beat_ms)
+            self.current = None
