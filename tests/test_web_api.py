@@ -104,7 +104,7 @@ def test_json_commands(data: dict, cmd: commands.Command) -> None:
 @pytest.mark.parametrize("data", [
     [], "panic", {"type": "quit"}, {"type": "temperature"}, {"type": "temperature", "value": 9},
     {"type": "temperature", "value": True}, {"type": "temperature", "value": float("nan")},
-    {"type": "mode", "value": "vary"}, {"type": "lock", "value": 12}, {"type": "lock", "value": "C"},
+    {"type": "mode", "value": "karaoke"}, {"type": "lock", "value": 12}, {"type": "lock", "value": "C"},
 ])
 def test_bad_json_commands_say_why(data: object) -> None:
     with pytest.raises(commands.CommandError) as err:
