@@ -348,3 +348,18 @@ def test_bad_corpus_input_is_one_line(tmp_path: Path, capsys, case: str) -> None
     out = tmp_path / "out"
     one_line_error(capsys, prepare(src, "--out", str(out)), message)
     assert not out.exists()
+
+
+def test_a_test_work_also_in_train_is_reported(tmp_path: Path) -> None:
+    root = tmp_path / "maestro"
+    root.mkdir()
+    rows = make_maestro(root, missing=0)
+    rows[0]["canonical_composer"], rows[0]["canonical_title"] = rows[-1]["canonical_composer"], "WORK 9"
+    with open(root / "maestro-v3.0.0.csv", "w", newline="") as fh:  # an edited listing: a work in two splits
+        writer = csv.DictWriter(fh, MAESTRO_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "out"
+    assert prepare(f"maestro:{root}", "--out", str(out), "--jobs", "1", "--transpose", "0,2") == 0
+    split = load_dataset(out).manifest["split"]
+    assert split["test_in_train_or_val"] == 1 and split["test_isolated"] is False

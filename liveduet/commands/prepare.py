@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         store.open(run_key(args.sources, reading, tasks), len(tasks), resume=args.resume and not args.force)
         _read_into(store, tasks, settings, args, console)
-        manifest = _merge(store, args, settings, base_vocab, describe, len(tasks), started)
+        manifest = _merge(store, tasks, args, settings, base_vocab, describe, started)
     except LiveduetError:
         if created:  # nothing of this run is worth keeping
             shutil.rmtree(args.out, ignore_errors=True)
@@ -247,6 +247,7 @@ class _Progress:
     def __init__(self, console: Console, total: int, done: int) -> None:
         self.total, self.done, self.first, self.skipped = total, done, done, 0
         self.started = self.last = time.perf_counter()
+        self.lines = 0
         self.plain = not console.quiet and not console.is_terminal
         self.bar = None
         if not console.quiet and console.is_terminal:
@@ -263,8 +264,8 @@ class _Progress:
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.stop()
-        elif self.plain and exc[0] is None:
-            self._line()
+        elif self.plain and self.lines and exc[0] is None:
+            self._line()  # a long run ends with its total; a short one prints nothing
 
     def advance(self, n: int, skipped: int) -> None:
         self.done += n
@@ -275,6 +276,7 @@ class _Progress:
             self._line()
 
     def _line(self) -> None:
+        self.lines += 1
         self.last = now = time.perf_counter()
         rate = (self.done - self.first) / max(now - self.started, 1e-9)
         eta = (self.total - self.done) / rate if rate > 0 else 0.0
@@ -286,21 +288,21 @@ class _Progress:
 # -- passes 2 and 3: vocabulary, then encode and write -------------------------------------------
 
 
-def _sequences(store: PartialStore, shifts: list[int], settings: TokenizerSettings,
+def _sequences(store: PartialStore, tasks: list[Task], shifts: list[int], settings: TokenizerSettings,
                skipped: list[dict] | None) -> Iterator[tuple[dict, int, list[Event]]]:
     """(piece, shift, events) in dataset order. Skipped files and content duplicates (the first
     file by path is kept) go to `skipped` when given."""
-    seen: dict[str, str] = {}
-    for r in store.results():
+    seen: dict[bytes, int] = {}  # MD5 → the index of the first file with it (~150 bytes a file)
+    for i, r in enumerate(store.results()):
         if r["skipped"]:
             if skipped is not None:
                 skipped.append({"path": r["path"], "reason": r["skipped"]})
             continue
         if r["digest"]:
-            first = seen.setdefault(r["digest"], r["path"])
-            if first != r["path"]:
+            first = seen.setdefault(bytes.fromhex(r["digest"]), i)
+            if first != i:
                 if skipped is not None:
-                    skipped.append({"path": r["path"], "reason": f"duplicate of {first} (same MD5)"})
+                    skipped.append({"path": r["path"], "reason": f"duplicate of {tasks[first].path} (same MD5)"})
                 continue
         for piece in r["pieces"]:
             events = events_of(piece["events"])
@@ -316,15 +318,28 @@ def _split_of(piece: dict, val_percent: float) -> int:
     return int(is_validation(piece["name"], val_percent))
 
 
-def _merge(store: PartialStore, args: argparse.Namespace, settings: TokenizerSettings,
-           base_vocab: Vocabulary | None, describe: dict[str, str], n_files: int, started: float) -> dict:
+def _work_key(piece: dict) -> str | tuple[str, str]:
+    """What makes two pieces the same work for the test-split check: composer and title where
+    the source names them (MAESTRO: every performance of a work), else the name."""
+    meta = dict(piece["meta"])
+    if "composer" in meta and "title" in meta:
+        return meta["composer"].lower(), meta["title"].lower()
+    return piece["name"]
+
+
+def _merge(store: PartialStore, tasks: list[Task], args: argparse.Namespace, settings: TokenizerSettings,
+           base_vocab: Vocabulary | None, describe: dict[str, str], started: float) -> dict:
+    n_files = len(tasks)
     skipped: list[dict] = []
     size = Counter()
+    test_works: set = set()  # only test pieces are remembered: a small set
 
     def counted() -> Iterator[list[Event]]:
-        for _, _, events in _sequences(store, args.transpose, settings, skipped):
+        for piece, _, events in _sequences(store, tasks, args.transpose, settings, skipped):
             size["sequences"] += 1
             size["tokens"] += 2 * len(events) + 2
+            if piece["split"] == "test":
+                test_works.add(_work_key(piece))
             yield events
 
     if base_vocab is None:
@@ -341,14 +356,13 @@ def _merge(store: PartialStore, args: argparse.Namespace, settings: TokenizerSet
         if old.name != ".partial":
             shutil.rmtree(old) if old.is_dir() else old.unlink()
     writer = DatasetWriter(args.out, size["tokens"], size["sequences"])
-    tokens_by = Counter()
-    pieces_by: dict[str, set] = {"train": set(), "val": set(), "test": set()}
-    test_keys: set = set()
-    other_keys: set = set()
+    tokens_by, pieces_by = Counter(), Counter()
+    leaks = 0  # train or val pieces of a work that is also in test
+    last = None
     listing_path = store.folder / "listing.jsonl"
     names = {v: k for k, v in SPLIT_CODES.items()}
     with open(listing_path, "w") as listing:
-        for piece, shift, events in _sequences(store, args.transpose, settings, None):
+        for piece, shift, events in _sequences(store, tasks, args.transpose, settings, None):
             ids = np.array([BOS, *vocab.encode(events), EOS], dtype=np.int32)
             perf = None
             if piece["perf"] is not None:
@@ -358,15 +372,13 @@ def _merge(store: PartialStore, args: argparse.Namespace, settings: TokenizerSet
             writer.add(ids, split, perf)
             which = names[split]
             tokens_by[which] += len(ids)
-            pieces_by[which].add(piece["name"])
-            meta = dict(piece["meta"])
-            key = (meta["composer"].lower(), meta["title"].lower()) if "composer" in meta and "title" in meta \
-                else piece["name"]
-            (test_keys if split == 2 else other_keys).add(key)
+            if piece is not last:  # a piece's transpositions follow each other
+                pieces_by[which] += 1
+                last = piece
+                leaks += split != 2 and bool(test_works) and _work_key(piece) in test_works
             entry = {"name": piece["name"], "source": piece["source"], "transpose": shift, "split": which,
-                     "tokens": len(ids), **meta}
+                     "tokens": len(ids), **dict(piece["meta"])}
             listing.write(json.dumps(entry) + "\n")
-    leaks = len(test_keys & other_keys)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     manifest = {
         "liveduet_version": __version__,
@@ -377,15 +389,15 @@ def _merge(store: PartialStore, args: argparse.Namespace, settings: TokenizerSet
         "split": {
             "sources": {src: describe.get(src, f"by name hash ({args.val_percent:g}% validation)")
                         for src in args.sources},
-            "pieces": {k: len(v) for k, v in pieces_by.items()},
-            # Test pieces (by composer and title where known, else by name) found in train or val.
+            "pieces": {k: pieces_by[k] for k in SPLIT_CODES},
+            # Train or val pieces that are a test work (by composer and title where known, else by name).
             "test_in_train_or_val": leaks,
             "test_isolated": leaks == 0,
         },
         "counts": {
             "files": n_files, "files_read": n_files - len(skipped), "files_skipped": len(skipped),
             "duplicates": sum(s["reason"].startswith("duplicate of") for s in skipped),
-            "pieces": sum(len(v) for v in pieces_by.values()), "sequences": size["sequences"],
+            "pieces": sum(pieces_by.values()), "sequences": size["sequences"],
             "tokens": size["tokens"], "train_tokens": tokens_by["train"], "val_tokens": tokens_by["val"],
             "test_tokens": tokens_by["test"], "vocab_size": len(vocab), "chords_seen": len(chord_counts),
             "chords_mapped_to_nearest": vocab.misses, "seconds": round(time.perf_counter() - started, 2),

@@ -190,30 +190,36 @@ def performance(notes: MidiNotes, events: list[Event], settings: TokenizerSettin
     from the grid point the tokenizer put it on; (NO_VELOCITY, NO_TIMING) for rests.
     The tokenizer (window 0) makes one sounding event per distinct quantised onset, in order,
     so the notes grouped by quantised onset line up with the non-rest events one to one."""
-    groups: dict[int, list] = {}  # quantised onset (twelfths) → [max velocity, first raw onset]
-    for (onset, _, _), velocity in zip(notes.notes, notes.velocities):
-        q = settings.quantize(onset)
-        g = groups.get(q)
-        if g is None:
-            groups[q] = [velocity, onset]
-        elif velocity > g[0]:
-            g[0] = velocity
-    keys = sorted(groups)
+    if not notes.notes:
+        return [(NO_VELOCITY, NO_TIMING)] * len(events)
+    onsets = np.array([n[0] for n in notes.notes], dtype=np.float64)  # sorted: notes are
+    grid = _quantize(onsets, settings)
+    keys, first = np.unique(grid, return_index=True)  # one group per quantised onset, its first note
+    loudest = np.maximum.reduceat(np.array(notes.velocities, dtype=np.int64), first)
     if len(keys) != sum(1 for pitches, _ in events if pitches):
         return [(NO_VELOCITY, NO_TIMING)] * len(events)  # not expected; never misalign
-    played = np.array([groups[k][1] for k in keys], dtype=np.float64)
-    grid = np.array(keys, dtype=np.float64) / TICKS
-    offsets = np.rint(1000.0 * (_seconds(notes, played) - _seconds(notes, grid)))
+    played = onsets[first]
+    offsets = np.rint(1000.0 * (_seconds(notes, played) - _seconds(notes, keys / TICKS)))
     offsets = np.clip(offsets, NO_TIMING + 1, 32767).astype(np.int64).tolist()
+    velocities = loudest.tolist()
     out: list[tuple[int, int]] = []
     i = 0
     for pitches, _ in events:
         if pitches:
-            out.append((groups[keys[i]][0], offsets[i]))
+            out.append((velocities[i], offsets[i]))
             i += 1
         else:
             out.append((NO_VELOCITY, NO_TIMING))
     return out
+
+
+def _quantize(beats: np.ndarray, settings: TokenizerSettings) -> np.ndarray:
+    """`settings.quantize` over an array, with the same arithmetic (twelfths, ties earlier)."""
+    whole = np.floor(beats)
+    frac = (beats - whole) * TICKS
+    points = np.array(settings._points)  # type: ignore[attr-defined]
+    index = np.searchsorted(np.array(settings._midpoints), frac, side="left")  # type: ignore[attr-defined]
+    return whole.astype(np.int64) * TICKS + points[index]
 
 
 def _seconds(notes: MidiNotes, beats: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -66,40 +67,39 @@ def write_dataset(out: Path, pieces: list[np.ndarray], split: list[int], vocab: 
 
 
 class DatasetWriter:
-    """Writes the folder sequence by sequence, for corpora too big to hold in memory: the arrays
-    are memory-mapped .npy files of a size known in advance, and manifest.json comes last (a
-    folder without one is not a dataset, so an interrupted write is never mistaken for one)."""
+    """Writes the folder sequence by sequence, for corpora too big to hold in memory: the .npy
+    headers are written for sizes known in advance, then the rows are appended (plain writes, no
+    memory map: the written pages need not count as the process' memory), and manifest.json
+    comes last (a folder without one is not a dataset, so an interrupted write is never taken
+    for one)."""
 
     def __init__(self, out: Path, n_tokens: int, n_sequences: int) -> None:
         out.mkdir(parents=True, exist_ok=True)
         self.out = out
-        mm = np.lib.format.open_memmap
-        self.tokens = mm(out / "tokens.npy", "w+", np.int32, (n_tokens,))
-        self.perf = mm(out / "perf.npy", "w+", np.int16, (n_tokens, 2))
+        self.n_tokens = n_tokens
+        self.tokens = _npy_stream(out / "tokens.npy", np.int32, (n_tokens,))
+        self.perf = _npy_stream(out / "perf.npy", np.int16, (n_tokens, 2))
         self.offsets = np.zeros(n_sequences + 1, dtype=np.int64)
         self.split = np.zeros(n_sequences, dtype=np.uint8)
         self.n = 0
 
     def add(self, ids: np.ndarray, split: int, perf: np.ndarray | None) -> None:
-        a = int(self.offsets[self.n])
-        b = a + len(ids)
-        self.tokens[a:b] = ids
+        self.tokens.write(np.ascontiguousarray(ids, dtype=np.int32).tobytes())
         if perf is None:
-            self.perf[a:b] = (NO_VELOCITY, NO_TIMING)
-        else:
-            self.perf[a:b] = perf
+            perf = np.empty((len(ids), 2), dtype=np.int16)
+            perf[:] = (NO_VELOCITY, NO_TIMING)
+        self.perf.write(np.ascontiguousarray(perf, dtype=np.int16).tobytes())
         self.split[self.n] = split
+        self.offsets[self.n + 1] = self.offsets[self.n] + len(ids)
         self.n += 1
-        self.offsets[self.n] = b
 
     def finish(self, vocab: Vocabulary, manifest: dict, listing: Iterable[str]) -> None:
         """`manifest` without its `pieces`, which come from `listing` (one JSON object a string),
         streamed into the file."""
-        if self.n != len(self.split) or self.offsets[-1] != len(self.tokens):
+        if self.n != len(self.split) or self.offsets[-1] != self.n_tokens:
             raise ValueError(f"wrote {self.n} of {len(self.split)} sequences")  # a bug, not user input
-        self.tokens.flush()
-        self.perf.flush()
-        del self.tokens, self.perf
+        self.tokens.close()
+        self.perf.close()
         np.save(self.out / "offsets.npy", self.offsets)
         np.save(self.out / "split.npy", self.split)
         vocab.save(self.out / "vocab.json")
@@ -111,6 +111,15 @@ class DatasetWriter:
                 fh.write(("\n  " if i == 0 else ",\n  ") + line)
             fh.write("\n ]\n}\n")
         install(tmp, self.out / "manifest.json")
+
+
+def _npy_stream(path: Path, dtype: type, shape: tuple[int, ...]) -> BinaryIO:
+    """An open .npy file whose header announces `shape`; the caller writes the rows in C order.
+    The header is np.save's (format 1.0), so the file equals what np.save writes."""
+    fh = open(path, "wb")  # noqa: SIM115 (closed by DatasetWriter.finish)
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(fh, header)
+    return fh
 
 
 def load_dataset(path: str | Path) -> Dataset:

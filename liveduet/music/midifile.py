@@ -269,8 +269,12 @@ def parse_midi(data: bytes, max_seconds: float = MAX_SECONDS, programs: frozense
 
 def _program_at(timeline: list[tuple[int, int]] | None, tick: int) -> int:
     """The program a channel plays at `tick` (0, acoustic grand, before its first change)."""
+    if not timeline:
+        return 0
+    if len(timeline) == 1:  # the usual case: one program change, at the start
+        return timeline[0][1] if tick >= timeline[0][0] else 0
     program = 0
-    for at, value in timeline or ():
+    for at, value in timeline:
         if at > tick:
             break
         program = value
