@@ -32,9 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tempo", type=float, help="fix the tempo in bpm instead of estimating it from each call")
     p.add_argument("--temperature", type=float, help="sampling temperature 0.1..2.0 (live on the mod wheel)")
     p.add_argument("--no-thru", action="store_true", help="do not pass the player's notes to the output")
-    p.add_argument("--mode", choices=["call", "echo", "accompany"],
+    p.add_argument("--mode", choices=["call", "echo", "accompany", "vary"],
                    help="call: call and response (default); echo: plays your call back (checks routing and "
-                   "latency); accompany: plays along beat by beat while you play")
+                   "latency); accompany: plays along beat by beat while you play; vary: answers each call with "
+                   "a variation of it (the phrase VAE in models/vary)")
+    p.add_argument("--variation", type=float, metavar="SIGMA",
+                   help="vary mode: how far from the call, σ 0..2 (0 = a near-copy; live on the mod wheel)")
     p.add_argument("--metronome", action="store_true", help="click every beat on channel 10 (fixed tempo)")
     p.add_argument("--count-in", type=int, metavar="BARS", help="bars of clicks before listening starts")
     p.add_argument("--call-bars", type=int, metavar="N", help="every call lasts N bars instead of ending at a silence")
@@ -63,6 +66,8 @@ def _settings(args: argparse.Namespace):
         over["tempo"] = {"bpm": float(args.tempo)}
     if args.temperature is not None:
         over["answer"] = {"temperature": float(args.temperature)}
+    if args.variation is not None:
+        over.setdefault("answer", {})["variation"] = float(args.variation)
     if args.no_thru:
         over["controls"] = {"thru": False}
     if args.follow_clock:
