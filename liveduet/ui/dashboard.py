@@ -8,7 +8,8 @@ for us. Music theory (key, chord names with music21) is computed here, from the 
 snapshot, and cached by input, because music21 costs tens of milliseconds — far too much for the
 engine thread. While the dashboard runs, stderr (the session's log lines) goes to an in-memory buffer
 shown in a panel and printed after exit, so a log line from the engine thread never waits on the
-terminal or on Rich's render lock.
+terminal or on Rich's render lock. On a terminal a child process draws the frames (ui/screen.py), so
+Rich's rendering never holds the daemon's interpreter either; a given console is drawn on a thread.
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ import select
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from fractions import Fraction
-from typing import Any, TextIO
+from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
@@ -46,6 +46,7 @@ from liveduet.ui.harmony import (  # noqa: F401 - re-exported: the dashboard's A
     key_name,
     parse_token_names,
 )
+from liveduet.ui.screen import LogBuffer
 
 REFRESH_HZ = 10
 TEMPERATURE_STEP = 0.1
@@ -244,40 +245,6 @@ def render(
 # ---- the live view and the keys -----------------------------------------------------------------
 
 
-class LogBuffer:
-    """Stands in for sys.stderr while the dashboard runs: `write` appends to a deque, nothing more,
-    so a log line from the engine thread costs microseconds and never waits on a lock or a tty."""
-
-    def __init__(self, original: TextIO, maxlen: int = 5000) -> None:
-        self.original = original
-        self.lines: deque[str] = deque(maxlen=maxlen)
-        self._partial = ""
-
-    def write(self, text: str) -> int:
-        *done, self._partial = (self._partial + text).split("\n")
-        self.lines.extend(done)
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False
-
-    def fileno(self) -> int:
-        return self.original.fileno()  # for faulthandler & co: they bypass Python's buffers anyway
-
-    @property
-    def encoding(self) -> str:
-        return getattr(self.original, "encoding", "utf-8")
-
-    def drain(self) -> list[str]:
-        out = list(self.lines) + ([self._partial] if self._partial else [])
-        self.lines.clear()
-        self._partial = ""
-        return out
-
-
 class Dashboard:
     """Rich Live over a Session: `start()` returns at once, `stop()` restores the terminal.
 
@@ -286,10 +253,15 @@ class Dashboard:
     """
 
     def __init__(self, session: Any, stop_event: threading.Event, console: Console | None = None,
-                 keys: bool = True, capture_stderr: bool = True) -> None:
+                 keys: bool = True, capture_stderr: bool = True, draw_in_process: bool | None = None) -> None:
         self.session = session
         self.stop_event = stop_event
         self.console = console or Console(stderr=False)
+        # On the terminal a child process draws (ui/screen.py: Rich off the daemon's GIL); a given
+        # console (tests, a file) is drawn here.
+        self.draw_in_process = console is None and self.console.is_terminal if draw_in_process is None \
+            else draw_in_process
+        self._screen: Any = None
         self.harmony = HarmonyCache()
         self._keys_wanted = keys
         self._capture = capture_stderr
@@ -313,6 +285,11 @@ class Dashboard:
         log = list(self._log.lines)[-3:] if self._log is not None else ()
         size = self.console.size
         return render(snap, size.width, size.height, harmony=harmony, log=log, notice=notice)
+
+    def frame_inputs(self) -> tuple:
+        """What the drawing child needs for a frame: the snapshot, the log's last lines, the notice."""
+        notice = self._notice if time.monotonic() < self._notice_until else ""
+        return self.session.snapshot(), tuple(list(self._log.lines)[-3:]) if self._log is not None else (), notice
 
     def say(self, notice: str) -> None:
         self._notice, self._notice_until = notice, time.monotonic() + NOTICE_S
@@ -407,6 +384,18 @@ class Dashboard:
             self._log = LogBuffer(sys.stderr)
             sys.stderr = self._log  # type: ignore[assignment]
         fd = self._raw_stdin()
+        if self.draw_in_process:
+            from liveduet.ui.screen import ScreenProcess
+
+            self._screen = ScreenProcess(self.frame_inputs, REFRESH_HZ)
+            try:
+                self._screen.start()
+            except BaseException:
+                self._restore_tty()
+                self._release_stderr()
+                raise
+            self._start_keys(fd)
+            return
         self._live = Live(
             console=self.console, get_renderable=self.frame, refresh_per_second=REFRESH_HZ,
             screen=self.console.is_terminal, redirect_stdout=False, redirect_stderr=False, transient=False,
@@ -417,9 +406,7 @@ class Dashboard:
             self._restore_tty()
             self._release_stderr()
             raise
-        if fd is not None:
-            self._key_thread = threading.Thread(target=self._read_keys, args=(fd,), name="liveduet-keys", daemon=True)
-            self._key_thread.start()
+        self._start_keys(fd)
         # music21 runs in a worker process (see HarmonyCache); it imports music21 there right away,
         # while the player has barely begun.
         import multiprocessing as mp
@@ -427,6 +414,11 @@ class Dashboard:
 
         self._executor = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=import_music21)
         self.harmony.executor = self._executor
+
+    def _start_keys(self, fd: int | None) -> None:
+        if fd is not None:
+            self._key_thread = threading.Thread(target=self._read_keys, args=(fd,), name="liveduet-keys", daemon=True)
+            self._key_thread.start()
 
     def stop(self) -> None:
         """Stop the view and the key thread; the terminal is as it was, the log printed below."""
@@ -437,6 +429,8 @@ class Dashboard:
         try:
             if self._key_thread is not None:
                 self._key_thread.join(1.0)
+            if self._screen is not None:
+                self._screen.stop()
             if self._live is not None:
                 self._live.stop()
                 if not self.console.is_terminal:
