@@ -183,9 +183,11 @@ class Varier:
         self.model = a.vary_model  # "" = the default folder (models/vary)
         self.vocab = vocab
         self.warn = warn
-        self.vae: VAEModel | None = self.load() if load else None
+        self.vae: VAEModel | None = None
         self.current: Variation | None = None
         self.plan_ms: deque[float] = deque(maxlen=2000)  # encode + first beat decoded, per answer
+        if load:
+            self.load()  # at start: a missing or foreign folder is one line and exit 2, not a silent fallback
 
     def load(self) -> VAEModel:
         """The VAE (ModelLoadError, one line, for a missing or foreign folder or another vocabulary)."""
