@@ -57,6 +57,7 @@ STATE_STYLE = {"listening": "bold green", "calling": "bold cyan", "entering": "b
 PART_STYLE = {"call": "cyan", "answer": "magenta"}
 SIDE_BY_SIDE_WIDTH = 90  # narrower terminals get the call and answer rolls stacked
 NO_OUTPUT = ("", "(none)")  # what `liveduet run` names the output when there is none (record only)
+DRAW_ENV = "LIVEDUET_DRAW"
 FOOTER_KEYS = "p panic   + / - temperature   r record on/off   q quit"
 
 
@@ -258,9 +259,11 @@ class Dashboard:
         self.stop_event = stop_event
         self.console = console or Console(stderr=False)
         # On the terminal a child process draws (ui/screen.py: Rich off the daemon's GIL); a given
-        # console (tests, a file) is drawn here.
-        self.draw_in_process = console is None and self.console.is_terminal if draw_in_process is None \
-            else draw_in_process
+        # console (tests, a file) is drawn here, and so is any with LIVEDUET_DRAW=thread (the old way:
+        # for a terminal the child cannot draw on, and for bench_studio's before/after).
+        if draw_in_process is None:
+            draw_in_process = console is None and self.console.is_terminal and os.environ.get(DRAW_ENV) != "thread"
+        self.draw_in_process = draw_in_process
         self._screen: Any = None
         self.harmony = HarmonyCache()
         self._keys_wanted = keys
