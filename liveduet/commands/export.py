@@ -34,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, json.JSONDecodeError) as err:
             raise LiveduetError(f"cannot read evaluation {args.evaluation}: {err}") from err
     card = export_run(args.run_dir, args.out, force=args.force, name=args.name, evaluation=evaluation)
+    if "val_nll" not in card:  # another family (a VAE, a C-RNN-GAN): its card has its own figures
+        print(f"exported a {card.get('family', 'model')} model to {args.out}")
+        return 0
     nll = card["val_nll"]
     print(f"exported {card['arch']} ({card['params']:,} parameters, {card['size_bytes'] / 1e6:.1f} MB, "
           f"val NLL {'—' if nll is None else f'{nll:.4f}'}) to {args.out}")
