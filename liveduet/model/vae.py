@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -396,10 +396,13 @@ class VAEFamily(Family):
         finally:
             model.train(was_training)
 
-    def export(self, run_dir, ckpt, out, force, name, evaluation):  # type: ignore[no-untyped-def]
+    @classmethod
+    def export(cls, run_dir: Any, ckpt: dict, out: Any, force: bool, name: str | None,  # type: ignore[override]
+               evaluation: dict | None) -> dict:
+        """The exported folder (model/vae_export.py); called on the class, with the loop's checkpoint."""
         from liveduet.model.vae_export import export_vae
 
-        return export_vae(self, run_dir, ckpt, out, force, name, evaluation)
+        return export_vae(run_dir, ckpt, out, force, name, evaluation)
 
 
 @torch.no_grad()

@@ -1,0 +1,148 @@
+"""The phrase VAE (model/vae.py, model/vae_export.py): phrase cutting on bar lines, the family in the
+one training loop, export parity, loading, and the collapse guard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from liveduet.errors import LiveduetError, ModelLoadError
+from liveduet.model.export import export_run
+from liveduet.model.runtime import ModelRuntime
+from liveduet.model.train import TrainRequest, train
+from liveduet.model.vae import PhraseVAE, VAEConfig, cut_phrases, pack_phrases, reconstruction_metrics
+from liveduet.model.vae_export import check_not_collapsed, check_parity, load_vae, script_vae
+from liveduet.music.dataset import write_dataset
+from liveduet.music.tokens import BOS, EOS, TICKS, TokenizerSettings, Vocabulary
+
+VOCAB = Vocabulary(TokenizerSettings())
+TINY = """
+[model]
+family = "vae"
+embed = 16
+enc_hidden = 16
+dec_hidden = 24
+head_dim = 0
+z_dim = 8
+beta = 0.2
+kl_warmup_steps = 10
+val_phrases = 40
+
+[train]
+batch = 16
+lr = 3e-3
+warmup_steps = 0
+epochs = 2
+patience = 0
+"""
+
+
+def piece(events: list[tuple[tuple[int, ...], int]]) -> np.ndarray:
+    return np.array([BOS, *VOCAB.encode(events), EOS], dtype=np.int32)
+
+
+def tune(k: int, bars: int = 8) -> list[tuple[tuple[int, ...], int]]:
+    """A folk-like tune: eighths and quarters over a scale, different per k, `bars` 4/4 bars long."""
+    scale = [60, 62, 64, 65, 67, 69, 71, 72]
+    out = []
+    for bar in range(bars):
+        for i, d in enumerate((6, 6, 12, 6, 6, 12)):
+            out.append(((scale[(k + bar + 2 * i) % 8],), d))
+    return out
+
+
+def make_data(root: Path, n: int = 40) -> Path:
+    pieces = [piece(tune(k)) for k in range(n)]
+    split = [1 if k % 5 == 0 else 0 for k in range(n)]
+    listing = [{"name": f"t{k}", "transpose": 0, "split": "val" if s else "train"} for k, s in enumerate(split)]
+    write_dataset(root, pieces, split, VOCAB, {"sources": ["synthetic"], "pieces": listing})
+    return root
+
+
+def test_phrases_are_cut_on_bar_lines_and_end_on_the_window():
+    cfg = VAEConfig(vocab_size=len(VOCAB))
+    # Onsets 0, 18, 24, 36, 54, 90, 102; the piece ends at 126 twelfths (10.5 beats).
+    events = [((60,), 18), ((62,), 6), ((64,), 12), ((65,), 18), ((67,), 36), ((69,), 12), ((71,), 24)]
+    phrases = cut_phrases(piece(events), VOCAB, cfg)
+    width = cfg.window_beats * TICKS
+    # Bar lines at beats 0 and 4 could start an 8-beat window: beat 4 (48) has no onset, and no later
+    # window fits in the piece. The one window holds 60 .. 69, and the 69 is cut at the window's end.
+    assert len(phrases) == 1
+    p = phrases[0]
+    assert [VOCAB.pitches_of(int(t)) for t in p[0::2]] == [(60,), (62,), (64,), (65,), (67,), (69,)]
+    durs = [VOCAB.duration_of(int(t)) for t in p[1::2]]
+    assert durs == [18, 6, 12, 18, 36, 6] and sum(durs) == width
+
+
+def test_a_window_needs_an_onset_on_its_bar_line():
+    cfg = VAEConfig(vocab_size=len(VOCAB), window_beats=4, hop_beats=4)
+    events = [((60,), 12), ((62,), 42), ((64,), 6), ((65,), 36)]  # 62 is held across beat 4
+    phrases = cut_phrases(piece(events), VOCAB, cfg)
+    assert len(phrases) == 1, "the window on beat 4 has no onset there and is skipped; beat 8 runs out"
+
+
+def test_training_through_the_one_loop_then_export_and_load(tmp_path: Path):
+    data = make_data(tmp_path / "data")
+    (tmp_path / "vae.toml").write_text(TINY)
+    torch.set_num_threads(1)
+    summary = train(TrainRequest(data=data, out=tmp_path / "run", config=tmp_path / "vae.toml", quiet=True))
+    assert summary["val_key"] == "val_elbo" and summary["global_step"] > 0
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    row = history[-1]
+    for key in ("val_elbo", "val_kl", "val_tf_acc", "val_greedy_acc", "active_units", "train_loss", "kl"):
+        assert key in row, key
+    assert (tmp_path / "run" / "loss.png").exists()
+    card = export_run(tmp_path / "run", tmp_path / "vary")
+    assert card["family"] == "vae" and card["export_parity_max_abs"] < 1e-5
+    vae = load_vae(tmp_path / "vary")
+    mu, logvar = vae.encode(VOCAB.encode(tune(3)[:8]))
+    assert mu.shape == logvar.shape == (1, 8)
+    assert "phrase VAE" in (tmp_path / "vary" / "card.md").read_text()
+    # The language model's loader refuses the VAE folder, in one line.
+    with pytest.raises(ModelLoadError, match="is a VAE \\(family vae\\), not"):
+        ModelRuntime.load(tmp_path / "vary")
+
+
+def test_a_language_model_folder_is_not_a_vae():
+    with pytest.raises(ModelLoadError, match="language model \\(family lm\\), not a VAE"):
+        load_vae(Path("models/default"))
+
+
+def test_a_damaged_vae_file_is_refused(tmp_path: Path):
+    vae_dir = tmp_path / "vary"
+    vae_dir.mkdir()
+    (vae_dir / "card.json").write_text(json.dumps({"family": "vae", "format": "liveduet-vae/1", "sha256": "0"}))
+    (vae_dir / "vae.ts").write_bytes(b"junk")
+    with pytest.raises(ModelLoadError, match="checksum"):
+        load_vae(vae_dir)
+
+
+def test_export_parity_of_the_scripted_step():
+    torch.manual_seed(0)
+    model = PhraseVAE(VAEConfig(vocab_size=len(VOCAB), embed=16, enc_hidden=16, dec_hidden=24, z_dim=8)).eval()
+    tokens = torch.tensor([VOCAB.encode(tune(1)[:12])])
+    assert check_parity(model, script_vae(model), tokens) < 1e-5
+
+
+def test_a_collapsed_vae_fails():
+    """KL ≈ 0: z carries nothing about the phrase, every call would get the same answer."""
+    torch.manual_seed(0)
+    cfg = VAEConfig(vocab_size=len(VOCAB), embed=16, enc_hidden=16, dec_hidden=24, z_dim=8)
+    model = PhraseVAE(cfg).eval()
+    phrases = pack_phrases([np.array(VOCAB.encode(tune(k)[:12])) for k in range(10)], cfg.max_tokens)
+    masks = torch.from_numpy(VOCAB.pitch_mask), torch.from_numpy(VOCAB.duration_mask)
+    with torch.no_grad():  # an encoder whose μ moves with the phrase
+        model.to_posterior.weight.mul_(30)
+    healthy = reconstruction_metrics(model, phrases, *masks, cfg.active_threshold, torch.device("cpu"))
+    check_not_collapsed(healthy)
+    with torch.no_grad():  # collapse: the posterior is N(0, I) whatever the phrase
+        model.to_posterior.weight.zero_()
+        model.to_posterior.bias.zero_()
+    collapsed = reconstruction_metrics(model, phrases, *masks, cfg.active_threshold, torch.device("cpu"))
+    assert collapsed["val_kl"] == pytest.approx(0.0, abs=1e-6) and collapsed["active_units"] == 0
+    with pytest.raises(LiveduetError, match="posterior collapsed"):
+        check_not_collapsed(collapsed)
