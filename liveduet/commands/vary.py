@@ -53,6 +53,7 @@ def write_phrase(events: list, bpm: float, path: Path, force: bool, title: str) 
     from liveduet.music.tokens import TICKS, events_to_notes
 
     notes = [(on / TICKS, off / TICKS, pitch, VELOCITY) for on, off, pitch in events_to_notes(events)]
+    title = title.encode("latin-1", "replace").decode("latin-1")  # what a MIDI track name can hold
     try:
         save_atomic(notes_to_midi(notes, bpm=bpm, track_name=title), path, force=force)
     except OSError as err:
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for k, path in enumerate(paths):
         varied = vary_events(vae, events, args.sigma, seed=args.seed * 1000 + k)
-        write_phrase(varied, bpm, path, force=True, title=f"liveduet vary σ={args.sigma:g}")
+        write_phrase(varied, bpm, path, force=True, title=f"liveduet vary sigma={args.sigma:g}")
     beats = sum(d for _, d in events) / TICKS
     print(f"wrote {args.n} variation(s) of {args.call} ({beats:g} beats at {bpm:g} bpm, σ = {args.sigma:g}) "
           f"to {args.out}")
