@@ -117,7 +117,7 @@ class Variation:
     def __init__(self, vae: VAEModel, events: list[Event], sigma: float, seed: int) -> None:
         if sigma < 0:
             raise ValueError(f"σ must be >= 0, got {sigma}")
-        self.started = started = time.perf_counter()
+        started = time.perf_counter()
         self.vae = vae
         width = vae.cfg.window_beats * TICKS
         gen = torch.Generator().manual_seed(seed)
@@ -128,18 +128,26 @@ class Variation:
             self.plans.append((mu + sigma * noise, sum(d for _, d in window)))
         self.decoder: PhraseDecoder | None = None
         self.encode_ms = (time.perf_counter() - started) * 1e3
-        self.first_beat_ms: float | None = None  # from being made to the first beat decoded
+        self.first_beat_ms: float | None = None  # compute: encoding + decoding the first beat
         self.decoded = 0  # twelfths
+        self._busy_ms = self.encode_ms
 
     def sample_event(self) -> Event | None:
         """The next event of the variation, or None when it has its phrase's length."""
+        started = time.perf_counter()
+        event = self._next()
+        if self.first_beat_ms is None:
+            self._busy_ms += (time.perf_counter() - started) * 1e3
+            if self.decoded >= TICKS or event is None:
+                self.first_beat_ms = self._busy_ms
+        return event
+
+    def _next(self) -> Event | None:
         while True:
             if self.decoder is not None:
                 event = self.decoder.next_event()
                 if event is not None:
                     self.decoded += event[1]
-                    if self.first_beat_ms is None and self.decoded >= TICKS:
-                        self.first_beat_ms = (time.perf_counter() - self.started) * 1e3
                     return event
             if not self.plans:
                 return None
