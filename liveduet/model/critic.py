@@ -120,6 +120,16 @@ def _piece_names(data: Dataset) -> list[str]:
     return [str(p.get("name", i)) if isinstance(p, dict) else str(i) for i, p in enumerate(pieces)]
 
 
+def excluded_names(datasets: list[Dataset], calls: int) -> frozenset[str]:
+    """Names of the pieces the live evaluation plays from these folders (its first `calls` excerpts;
+    0: every validation piece), so that the critic never trains on an evaluated call."""
+    if calls <= 0:
+        return frozenset(n for d in datasets for n, s in zip(_piece_names(d), d.split) if s == 1)
+    from liveduet.live.evaluate import excerpts
+
+    return frozenset(ex.name for d in datasets for ex in excerpts(d, 8, calls))
+
+
 def build_examples(runtime: object, datasets: list[Dataset], cfg: CriticConfig, exclude: frozenset[str] = frozenset(),
                    log=lambda line: None) -> dict[str, np.ndarray]:
     """Real and sampled stretches after contexts from the *validation* pieces of `datasets` (the pieces
@@ -312,7 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, default=Path("models/default"), help="the model whose answers it judges")
     p.add_argument("--out", type=Path, help="where critic.ts/critic.json go (default: --model)")
     p.add_argument("--exclude", type=Path, nargs="*", default=[],
-                   help="prepared folders whose validation pieces must not be used (the live evaluation's)")
+                   help="prepared folders whose live-evaluation calls must not be used (their validation pieces)")
+    p.add_argument("--exclude-calls", type=int, default=0,
+                   help="only the first N calls `evaluate --live --calls N` plays from each --exclude folder "
+                        "(default 0: every validation piece)")
     p.add_argument("--examples", type=Path, help="cache of the built examples (.npz)")
     args = p.parse_args(argv)
     from liveduet.model.runtime import ModelRuntime
@@ -327,8 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.examples and args.examples.exists():
         ex = dict(np.load(args.examples))
     else:
-        exclude = frozenset(n for d in map(load_dataset, args.exclude)
-                            for n, s in zip(_piece_names(d), d.split) if s == 1)
+        exclude = excluded_names([load_dataset(d) for d in args.exclude], args.exclude_calls)
+        print(f"excluding {len(exclude)} pieces the live evaluation plays")
         ex = build_examples(runtime, datasets, cfg, exclude, log=print)
         if args.examples:
             np.savez_compressed(args.examples, **ex)
