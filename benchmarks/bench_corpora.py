@@ -131,6 +131,7 @@ def run_prepare(sources: list[str], out: Path, jobs: int, extra: list[str] = ())
         "files": c["files"], "files_read": c["files_read"], "files_skipped": c["files_skipped"],
         "duplicates_removed": c["duplicates"], "sequences": c["sequences"], "tokens": c["tokens"],
         "wall_s": round(wall, 2), "files_per_s": round(c["files"] / wall, 1),
+        "seconds_reading": c.get("seconds_reading"), "seconds_total_in_manifest": c["seconds"],
         "peak_rss_mib_largest_process": round(rss_kb / 1024, 1),
         "peak_rss_mib_manifest": c["peak_rss_mib"],
         "skip_reasons": sorted({re.sub(r"duplicate of .*", "duplicate of …", s["reason"])

@@ -128,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         store.open(run_key(args.sources, reading, tasks), len(tasks), resume=args.resume and not args.force)
         _read_into(store, tasks, settings, args, console)
-        manifest = _merge(store, tasks, args, settings, base_vocab, describe, started)
+        read_seconds = time.perf_counter() - started
+        manifest = _merge(store, tasks, args, settings, base_vocab, describe, started, read_seconds)
     except LiveduetError:
         if created:  # nothing of this run is worth keeping
             shutil.rmtree(args.out, ignore_errors=True)
@@ -328,7 +329,7 @@ def _work_key(piece: dict) -> str | tuple[str, str]:
 
 
 def _merge(store: PartialStore, tasks: list[Task], args: argparse.Namespace, settings: TokenizerSettings,
-           base_vocab: Vocabulary | None, describe: dict[str, str], started: float) -> dict:
+           base_vocab: Vocabulary | None, describe: dict[str, str], started: float, read_seconds: float) -> dict:
     n_files = len(tasks)
     skipped: list[dict] = []
     size = Counter()
@@ -401,6 +402,7 @@ def _merge(store: PartialStore, tasks: list[Task], args: argparse.Namespace, set
             "tokens": size["tokens"], "train_tokens": tokens_by["train"], "val_tokens": tokens_by["val"],
             "test_tokens": tokens_by["test"], "vocab_size": len(vocab), "chords_seen": len(chord_counts),
             "chords_mapped_to_nearest": vocab.misses, "seconds": round(time.perf_counter() - started, 2),
+            "seconds_reading": round(read_seconds, 2),  # this run's; the rest is vocabulary and writing
             "peak_rss_mib": {"main": round(rss[0] / 1024, 1), "largest_worker": round(rss[1] / 1024, 1)},
         },
         "skipped": skipped,
