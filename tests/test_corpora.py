@@ -167,6 +167,31 @@ def test_giantmidi_curated_list_and_composer(tmp_path: Path) -> None:
     assert len(load_dataset(out).manifest["pieces"]) == 3
 
 
+def test_giantmidi_curated_folder_and_split_csv(tmp_path: Path) -> None:
+    root = tmp_path / "giant"
+    for folder in ("midis_v1.2", "surname_checked_midis_v1.2"):
+        (root / folder).mkdir(parents=True)
+    for i, stem in enumerate(GIANT):
+        (root / "midis_v1.2" / f"{stem}.mid").write_bytes(song(i))
+    (root / "surname_checked_midis_v1.2" / f"{GIANT[1]}.mid").write_bytes(song(1))
+    out = tmp_path / "out"
+    assert prepare(f"giantmidi:{root}", "--out", str(out), "--jobs", "1") == 0
+    m = load_dataset(out).manifest
+    assert [p["name"] for p in m["pieces"]] == [f"{GIANT[1]}.mid"]
+    assert "curated subset: folder surname_checked_midis_v1.2" in m["split"]["sources"][f"giantmidi:{root}"]
+
+    # The repository's split CSV: rows whose title names the composer's surname are the curated ones.
+    (root / "surname_checked_midis_v1.2" / f"{GIANT[1]}.mid").unlink()
+    (root / "surname_checked_midis_v1.2").rmdir()
+    ids = [stem.rsplit(", ", 1)[1] for stem in GIANT]
+    (root / "full_music_pieces_youtube_similarity_pianosoloprob_split.csv").write_text(
+        "surname,youtube_id,surname_in_youtube_title\n"
+        f"Chopin,{ids[0]},1\nSatie,{ids[1]},0\nUnknown,{ids[2]},1\n")
+    assert prepare(f"giantmidi:{root}", "--out", str(out), "--jobs", "1", "--force") == 0
+    m = load_dataset(out).manifest
+    assert [p["name"] for p in m["pieces"]] == [f"midis_v1.2/{GIANT[0]}.mid", f"midis_v1.2/{GIANT[2]}.mid"]
+
+
 # -- Lakh MIDI ---------------------------------------------------------------------------------
 
 
@@ -306,6 +331,20 @@ def test_a_killed_run_resumes_to_identical_arrays(tmp_path: Path) -> None:
     assert subprocess.run([*cmd, "--resume"], capture_output=True).returncode == 0
     for name in ("tokens.npy", "offsets.npy", "split.npy", "perf.npy"):
         assert (whole / name).read_bytes() == (killed / name).read_bytes(), name
+
+
+def test_progress_off_a_terminal_is_a_plain_line_with_rate_and_eta(capsys) -> None:
+    from rich.console import Console
+
+    from liveduet.commands.prepare import _Progress
+
+    with _Progress(Console(file=io.StringIO()), total=1000, done=100) as progress:
+        progress.started -= 10.0  # 10 s in
+        progress.last -= 10.0
+        progress.advance(400, skipped=3)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("reading: 500/1,000 files (50%), 40 files/s, ETA 0m12s, 3 skipped"), lines
+    assert len(lines) == 2 and lines[1].startswith("reading: 500/1,000 files")  # and the total at the end
 
 
 # -- bad input: one line each, exit 2 ----------------------------------------------------------
