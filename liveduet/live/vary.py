@@ -111,26 +111,31 @@ class PhraseDecoder:
 class Variation:
     """One varied phrase, streamed event by event (an answer's event source in vary mode).
 
-    All windows are encoded when it is made (a few milliseconds: `encode_ms`), then each event costs
-    two decoder steps."""
+    The first window is encoded when it is made (`encode_ms`), each later one when the decoder reaches
+    it (the answer is playing by then); each event costs two decoder steps."""
 
     def __init__(self, vae: VAEModel, events: list[Event], sigma: float, seed: int) -> None:
         if sigma < 0:
             raise ValueError(f"σ must be >= 0, got {sigma}")
         started = time.perf_counter()
-        self.vae = vae
-        width = vae.cfg.window_beats * TICKS
-        gen = torch.Generator().manual_seed(seed)
-        self.plans: list[tuple[Tensor, int]] = []
-        for window in split_windows(events, width):
-            mu, _ = vae.encode(vae.vocab.encode(fill_window(window, width)))
-            noise = torch.randn(mu.shape, generator=gen)
-            self.plans.append((mu + sigma * noise, sum(d for _, d in window)))
-        self.decoder: PhraseDecoder | None = None
+        self.vae, self.sigma = vae, sigma
+        self.width = vae.cfg.window_beats * TICKS
+        self.gen = torch.Generator().manual_seed(seed)
+        self.windows = split_windows(events, self.width)
+        self.decoder: PhraseDecoder | None = self._start_window()
         self.encode_ms = (time.perf_counter() - started) * 1e3
         self.first_beat_ms: float | None = None  # compute: encoding + decoding the first beat
         self.decoded = 0  # twelfths
         self._busy_ms = self.encode_ms
+
+    def _start_window(self) -> PhraseDecoder | None:
+        """Encode the next window, move its μ by σ·ε, and start decoding it (None when none is left)."""
+        if not self.windows:
+            return None
+        window = self.windows.pop(0)
+        mu, _ = self.vae.encode(self.vae.vocab.encode(fill_window(window, self.width)))
+        z = mu + self.sigma * torch.randn(mu.shape, generator=self.gen)
+        return PhraseDecoder(self.vae, z, sum(d for _, d in window))
 
     def sample_event(self) -> Event | None:
         """The next event of the variation, or None when it has its phrase's length."""
@@ -143,16 +148,13 @@ class Variation:
         return event
 
     def _next(self) -> Event | None:
-        while True:
-            if self.decoder is not None:
-                event = self.decoder.next_event()
-                if event is not None:
-                    self.decoded += event[1]
-                    return event
-            if not self.plans:
-                return None
-            z, length = self.plans.pop(0)
-            self.decoder = PhraseDecoder(self.vae, z, length)
+        while self.decoder is not None:
+            event = self.decoder.next_event()
+            if event is not None:
+                self.decoded += event[1]
+                return event
+            self.decoder = self._start_window()
+        return None
 
     def events(self) -> list[Event]:
         """Everything that is left, at once (files: `liveduet vary`)."""

@@ -32,13 +32,15 @@ from liveduet import __version__
 from liveduet.errors import LiveduetError, ModelLoadError
 from liveduet.fsutil import write_atomic
 from liveduet.model.card import sha256_of
+from liveduet.model.export import _prepare_command
 from liveduet.model.family import check_family
 from liveduet.model.vae import PhraseVAE, VAEConfig
-from liveduet.music.tokens import Vocabulary
+from liveduet.music.tokens import BOS, TICKS, Vocabulary
 
 FORMAT = "liveduet-vae/1"
 FILE = "vae.ts"
 PARITY_TOLERANCE = 1e-5
+WARMUP_LENGTH = 32
 COLLAPSED_KL = 1.0  # nats per phrase: below this z says next to nothing about the phrase
 
 
@@ -154,7 +156,8 @@ def export_vae(run_dir: Path, ckpt: dict, out: Path, force: bool, name: str | No
         "training": {"seconds": summary.get("train_seconds"), "epochs_done": summary.get("epochs_done"),
                      "stop_reason": summary.get("stop_reason"), "steps": summary.get("global_step"),
                      "seed": run_info.get("seed"), "device": run_info.get("device"), "torch": run_info.get("torch")},
-        "reproduce": [*run_info.get("commands", []), f"liveduet export {run_dir} --out {out}"],
+        "reproduce": [c for c in [_prepare_command(data_info, run_info.get("data", "DATA")),
+                                  *run_info.get("commands", []), f"liveduet export {run_dir} --out {out}"] if c],
         "export_parity_max_abs": worst,
         "evaluation": evaluation,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -183,6 +186,18 @@ class VAEModel:
     @property
     def z_dim(self) -> int:
         return self.cfg.z_dim
+
+    @torch.no_grad()
+    def warm_up(self) -> None:
+        """TorchScript optimises a function on its first calls (~100 ms): spend them here, not on the first answer."""
+        try:
+            for length in (WARMUP_LENGTH, WARMUP_LENGTH // 2, WARMUP_LENGTH, 2):
+                mu, _ = self.encode([self.vocab.rest_id, self.vocab.dur_base + TICKS - 1] * (length // 2))
+                h = self.script.start(mu)
+                for _ in range(3):
+                    _, h = self.script(torch.tensor([BOS]), mu, h)
+        except Exception as err:
+            raise ModelLoadError(f"{self.path}: the VAE fails its first step ({str(err)[:200]})") from err
 
     @torch.no_grad()
     def encode(self, tokens: list[int] | np.ndarray) -> tuple[Tensor, Tensor]:
@@ -225,13 +240,19 @@ def load_vae(path: str | Path | None = None) -> VAEModel:
             script = torch.jit.load(str(file), map_location="cpu").eval()
     except Exception as err:  # torch.jit raises RuntimeError and friends for a foreign file
         raise ModelLoadError(f"{path}: cannot load the VAE ({str(err).strip().splitlines()[0][:200]})") from err
-    return VAEModel(script, vocab, cfg, card, path)
+    vae = VAEModel(script, vocab, cfg, card, path)
+    vae.warm_up()
+    return vae
 
 
 # -- the card --------------------------------------------------------------------------------
 
 def _f(value: object, spec: str = ".3f") -> str:
     return "—" if value is None else format(value, spec) if isinstance(value, int | float) else str(value)
+
+
+def _int(value: object) -> object:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def render_vae_card(card: dict) -> str:
@@ -264,9 +285,9 @@ def render_vae_card(card: dict) -> str:
         f"| KL | {_f(r.get('val_kl'), '.2f')} nats/phrase |",
         f"| token accuracy, teacher-forced from μ | {_f(r.get('val_tf_acc'))} |",
         f"| token accuracy, greedy-decoded from μ | {_f(r.get('val_greedy_acc'))} |",
-        f"| active latent units (Var μ_d > {m['active_threshold']}) | {_f(r.get('active_units'), '')} of "
+        f"| active latent units (Var μ_d > {m['active_threshold']}) | {_f(_int(r.get('active_units')), '')} of "
         f"{m['z_dim']} |",
-        f"| phrases | {_f(r.get('val_phrases'), '')} |", "",
+        f"| phrases | {_f(_int(r.get('val_phrases')), '')} |", "",
     ]
     ev = card.get("evaluation")
     if isinstance(ev, dict):
