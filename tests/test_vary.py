@@ -160,8 +160,18 @@ def test_the_mod_wheel_is_sigma_in_vary_mode(vae_dir: Path):
     assert cmd == commands.SetVariation(2.0)
     engine.command(cmd, 0.0)
     assert engine.varier.sigma == 2.0 and engine.temperature == 1.0
+    assert engine.snapshot(0.0).variation == 2.0, "the dashboard and the web page see σ"
     assert commands.from_control(wheel, LiveSettings(), 21) == commands.SetTemperature(2.0), "call mode: temperature"
     assert commands.from_json({"type": "variation", "value": 0.25}) == commands.SetVariation(0.25)
+
+
+def test_the_dashboard_shows_sigma_in_vary_mode():
+    from test_dashboard import snap, text
+
+    from liveduet.ui.dashboard import render
+
+    assert "mode vary  σ 1.25" in text(render(snap(mode="vary", variation=1.25), 100))
+    assert "σ" not in text(render(snap(mode="call", variation=1.25), 100))
 
 
 def test_vary_mode_is_an_action_of_the_state_machine():

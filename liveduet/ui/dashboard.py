@@ -188,7 +188,8 @@ def render(
     )
     controls = Text.assemble(
         "temperature ", (f"{e.temperature:.2f}", "bold"), " (+/-)   answer length ",
-        (f"×{e.length_ratio:.2f}", "bold"), "   mode ", (e.mode, "bold"), "   scale lock ",
+        (f"×{e.length_ratio:.2f}", "bold"), "   mode ", (e.mode, "bold"),
+        *(("  σ ", (f"{e.variation:.2f}", "bold")) if e.mode == "vary" else ()), "   scale lock ",
         (e.lock or "off", "bold" if e.lock else "dim"),
         f"\ncalls {e.calls}  answers {e.answers}  notes in {e.player_notes}  out {e.answer_notes}",
     )
