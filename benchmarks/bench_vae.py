@@ -145,12 +145,16 @@ def morph(vae, phrases: list[np.ndarray], pairs: int, steps: int = 5) -> dict:
     half = len(phrases) // 2
     mono_a = mono_b = 0
     in_key: list[float] = []
+    curve_a: list[list[float]] = []
+    curve_b: list[list[float]] = []
     for i in range(min(pairs, half)):
         a, b = phrases[i], phrases[i + half]
         ea, eb = list(vae.vocab.decode(a)), list(vae.vocab.decode(b))
         seq = morph_events(vae, ea, eb, steps)
         da = [1 - edit_similarity(a.tolist(), vae.vocab.encode(s)) for s in seq]
         db = [1 - edit_similarity(b.tolist(), vae.vocab.encode(s)) for s in seq]
+        curve_a.append(da)
+        curve_b.append(db)
         mono_a += all(x <= y + 1e-9 for x, y in zip(da, da[1:]))
         mono_b += all(x >= y - 1e-9 for x, y in zip(db, db[1:]))
         keys = [listening.key_scale(*listening.find_key(notes_of(e))) for e in (ea, eb)]
@@ -163,6 +167,8 @@ def morph(vae, phrases: list[np.ndarray], pairs: int, steps: int = 5) -> dict:
     return {"pairs": n, "steps": steps, "monotone_a": mono_a / n, "monotone_b": mono_b / n,
             "in_key_mean": statistics.fmean(in_key), "in_key_min": min(in_key),
             "steps_in_key_0.9_share": statistics.fmean(x >= 0.9 for x in in_key),
+            "mean_distance_to_a": [round(statistics.fmean(c[k] for c in curve_a), 4) for k in range(steps)],
+            "mean_distance_to_b": [round(statistics.fmean(c[k] for c in curve_b), 4) for k in range(steps)],
             "note": "distance = 1 - token edit similarity; monotone allows ties; a step is in key when its notes "
                     "lie in A's or B's key"}
 
