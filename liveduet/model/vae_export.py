@@ -318,13 +318,29 @@ def render_evaluation(ev: dict) -> list[str]:
         lines += ["## Morph (spherical interpolation)", "",
                   f"{morph.get('pairs')} pairs, {morph.get('steps')} steps: distance to A rises monotonically in "
                   f"{_f(morph.get('monotone_a'))} of pairs, to B falls in {_f(morph.get('monotone_b'))}; "
-                  f"mean in-key share {_f(morph.get('in_key_mean'))}, lowest step {_f(morph.get('in_key_min'))}.", ""]
+                  f"mean in-key share {_f(morph.get('in_key_mean'))}, lowest step {_f(morph.get('in_key_min'))}, "
+                  f"steps with ≥ 90 % of notes in key {_f(morph.get('steps_in_key_0.9_share'))}. Mean distance "
+                  f"(1 − token edit similarity) to A by step: {morph.get('mean_distance_to_a')}; to B: "
+                  f"{morph.get('mean_distance_to_b')}.", ""]
+    sim = ev.get("live_simulated")
+    if sim and sim.get("answer_vs_call"):
+        m = sim["answer_vs_call"]
+        lines += ["## Through the daemon (simulated player, `live/evaluate.py`)", "",
+                  f"{sim['answered']}/{sim['calls']} held-out calls answered in vary mode at σ = {sim['sigma']}; "
+                  f"the answer against its call: pitch-class cosine {_f(m.get('pc_cosine'))}, rhythm overlap "
+                  f"{_f(m.get('rhythm_overlap'))}, in key {_f(m.get('in_key'))}, register gap "
+                  f"{_f(m.get('register_gap'), '.2f')} semitones.", ""]
     live = ev.get("live")
     if live:
         lines += ["## Live cost (inside the daemon's engine)", "",
                   f"Encode + first beat of the answer: p50 {_f(live.get('plan_ms_p50'))} ms, p99 "
                   f"{_f(live.get('plan_ms_p99'))} ms; answer lateness p99 {_f(live.get('late_ms_p99'))} ms "
-                  f"over {_f(live.get('calls'), '')} calls.", ""]
+                  f"over {_f(live.get('calls'), '')} calls in real time ({_f(live.get('bpm'), 'g')} bpm).", ""]
+    targets = ev.get("targets")
+    if targets:
+        lines += ["## The issue's targets", "", "| target | met |", "|---|---|"]
+        lines += [f"| {k} | {'yes' if v else '**no**'} |" for k, v in targets.items()]
+        lines.append("")
     return lines
 
 
