@@ -402,3 +402,18 @@ def test_a_test_work_also_in_train_is_reported(tmp_path: Path) -> None:
     assert prepare(f"maestro:{root}", "--out", str(out), "--jobs", "1", "--transpose", "0,2") == 0
     split = load_dataset(out).manifest["split"]
     assert split["test_in_train_or_val"] == 1 and split["test_isolated"] is False
+
+
+def test_resume_reads_a_damaged_shard_again(tmp_path: Path) -> None:
+    root = tmp_path / "songs"
+    root.mkdir()
+    for i in range(40):
+        (root / f"s{i:02d}.mid").write_bytes(song(i, n=6))
+    whole, part_out = tmp_path / "whole", tmp_path / "part"
+    assert prepare(str(root), "--out", str(whole), "--jobs", "1") == 0
+    assert prepare(str(root), "--out", str(part_out), "--jobs", "1", "--stop-after", "3") == 130
+    shard = sorted((part_out / ".partial").glob("shard-*.pkl"))[1]
+    shard.write_bytes(shard.read_bytes()[:20])  # what a power cut can leave: renamed, not all written
+    assert prepare(str(root), "--out", str(part_out), "--jobs", "1", "--resume") == 0
+    for name in ("tokens.npy", "offsets.npy", "split.npy", "perf.npy"):
+        assert (whole / name).read_bytes() == (part_out / name).read_bytes(), name

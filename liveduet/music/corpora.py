@@ -115,7 +115,7 @@ def _maestro(root: Path, src: str) -> tuple[list[Task], str]:
 def _maestro_rows(listing: Path) -> list[dict]:
     """The rows of a MAESTRO metadata file. CSV, or JSON as columns (v2, v3) or records (v1)."""
     try:
-        text = listing.read_text(encoding="utf-8")
+        text = listing.read_text(encoding="utf-8-sig")  # a BOM from a spreadsheet is no error
         if listing.suffix == ".csv":
             reader = csv.DictReader(text.splitlines())
             columns = reader.fieldnames or []
@@ -187,7 +187,7 @@ def _giantmidi(root: Path, src: str) -> tuple[list[Task], str]:
 
 def _kept_names(listing: Path) -> set[str]:
     try:
-        text = listing.read_text(encoding="utf-8")
+        text = listing.read_text(encoding="utf-8-sig")  # a BOM from a spreadsheet is no error
         if listing.suffix == ".txt":
             return {line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")}
         reader = csv.DictReader(text.splitlines())

@@ -262,8 +262,10 @@ def parse_midi(data: bytes, max_seconds: float = MAX_SECONDS, programs: frozense
     for key, starts in open_at.items():  # notes never released end with the file
         notes.extend((s / tpb, last, key & 0x7F, v) for s, v in starts)
     notes.sort()
-    out.notes = [n[:3] for n in notes]
-    out.velocities = [n[3] for n in notes]
+    if notes:
+        onsets, ends, pitches, velocities = zip(*notes)
+        out.notes = list(zip(onsets, ends, pitches))
+        out.velocities = list(velocities)
     return out
 
 
