@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         store.open(run_key(args.sources, reading, tasks), len(tasks), resume=args.resume and not args.force)
         _read_into(store, tasks, settings, args, console)
         read_seconds = time.perf_counter() - started
-        manifest = _merge(store, tasks, args, settings, base_vocab, describe, started, read_seconds)
+        manifest = _merge(store, tasks, args, settings, base_vocab, describe, started, read_seconds, console)
     except LiveduetError:
         if created:  # nothing of this run is worth keeping
             shutil.rmtree(args.out, ignore_errors=True)
@@ -245,15 +245,16 @@ def read_all(tasks: list[Task], settings: TokenizerSettings, jobs: int, console:
 class _Progress:
     """Files read, rate and ETA: a rich bar on a terminal, a plain line every 10 s otherwise."""
 
-    def __init__(self, console: Console, total: int, done: int) -> None:
-        self.total, self.done, self.first, self.skipped = total, done, done, 0
+    def __init__(self, console: Console, total: int, done: int, label: str = "reading") -> None:
+        self.total, self.done, self.first, self.skipped, self.label = total, done, done, 0, label
         self.started = self.last = time.perf_counter()
         self.lines = 0
         self.plain = not console.quiet and not console.is_terminal
         self.bar = None
         if not console.quiet and console.is_terminal:
-            self.bar = Progress(TextColumn("[bold]reading"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[skipped]} skipped"),
+            skips = [TextColumn("{task.fields[skipped]} skipped")] if label == "reading" else []
+            self.bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                TextColumn("ETA"), TimeRemainingColumn(), *skips,
                                 console=console, transient=True)
 
     def __enter__(self) -> _Progress:
@@ -281,7 +282,7 @@ class _Progress:
         self.last = now = time.perf_counter()
         rate = (self.done - self.first) / max(now - self.started, 1e-9)
         eta = (self.total - self.done) / rate if rate > 0 else 0.0
-        print(f"reading: {self.done:,}/{self.total:,} files ({100 * self.done / max(self.total, 1):.0f}%), "
+        print(f"{self.label}: {self.done:,}/{self.total:,} files ({100 * self.done / max(self.total, 1):.0f}%), "
               f"{rate:,.0f} files/s, ETA {int(eta) // 60}m{int(eta) % 60:02d}s, {self.skipped:,} skipped",
               file=sys.stderr, flush=True)
 
@@ -290,11 +291,12 @@ class _Progress:
 
 
 def _sequences(store: PartialStore, tasks: list[Task], shifts: list[int], settings: TokenizerSettings,
-               skipped: list[dict] | None) -> Iterator[tuple[dict, int, list[Event]]]:
+               skipped: list[dict] | None, progress: _Progress) -> Iterator[tuple[dict, int, list[Event]]]:
     """(piece, shift, events) in dataset order. Skipped files and content duplicates (the first
     file by path is kept) go to `skipped` when given."""
     seen: dict[bytes, int] = {}  # MD5 → the index of the first file with it (~150 bytes a file)
     for i, r in enumerate(store.results()):
+        progress.advance(1, 0)
         if r["skipped"]:
             if skipped is not None:
                 skipped.append({"path": r["path"], "reason": r["skipped"]})
@@ -329,19 +331,21 @@ def _work_key(piece: dict) -> str | tuple[str, str]:
 
 
 def _merge(store: PartialStore, tasks: list[Task], args: argparse.Namespace, settings: TokenizerSettings,
-           base_vocab: Vocabulary | None, describe: dict[str, str], started: float, read_seconds: float) -> dict:
+           base_vocab: Vocabulary | None, describe: dict[str, str], started: float, read_seconds: float,
+           console: Console) -> dict:
     n_files = len(tasks)
     skipped: list[dict] = []
     size = Counter()
     test_works: set = set()  # only test pieces are remembered: a small set
 
     def counted() -> Iterator[list[Event]]:
-        for piece, _, events in _sequences(store, tasks, args.transpose, settings, skipped):
-            size["sequences"] += 1
-            size["tokens"] += 2 * len(events) + 2
-            if piece["split"] == "test":
-                test_works.add(_work_key(piece))
-            yield events
+        with _Progress(console, n_files, 0, "counting chords") as progress:
+            for piece, _, events in _sequences(store, tasks, args.transpose, settings, skipped, progress):
+                size["sequences"] += 1
+                size["tokens"] += 2 * len(events) + 2
+                if piece["split"] == "test":
+                    test_works.add(_work_key(piece))
+                yield events
 
     if base_vocab is None:
         vocab, chord_counts = build_vocabulary(counted(), settings, args.min_count, args.max_chords)
@@ -362,8 +366,8 @@ def _merge(store: PartialStore, tasks: list[Task], args: argparse.Namespace, set
     last = None
     listing_path = store.folder / "listing.jsonl"
     names = {v: k for k, v in SPLIT_CODES.items()}
-    with open(listing_path, "w") as listing:
-        for piece, shift, events in _sequences(store, tasks, args.transpose, settings, None):
+    with open(listing_path, "w") as listing, _Progress(console, n_files, 0, "writing") as progress:
+        for piece, shift, events in _sequences(store, tasks, args.transpose, settings, None, progress):
             ids = np.array([BOS, *vocab.encode(events), EOS], dtype=np.int32)
             perf = None
             if piece["perf"] is not None:
