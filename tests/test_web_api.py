@@ -192,6 +192,9 @@ def test_other_hosts_and_foreign_posts_are_refused(client: TestClient) -> None:
     assert res.status_code == 403 and "host" in res.json()["error"]
     res = client.post("/api/generate", content=b"{}", headers={"origin": "https://evil.example"})
     assert res.status_code == 403 and "origin" in res.json()["error"]
+    res = client.get("/api/sessions/x/audio", headers={"sec-fetch-site": "cross-site"})  # an <audio> elsewhere
+    assert res.status_code == 403 and "cross-site" in res.json()["error"]
+    assert client.get("/api/info", headers={"sec-fetch-site": "same-origin"}).status_code == 200
 
 
 def test_a_token_is_required_when_set(studio: Studio) -> None:

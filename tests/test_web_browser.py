@@ -122,11 +122,13 @@ def test_live_page_during_a_jack_duet(jack_server, tmp_path: Path) -> None:
         driver = browser()
         driver.get(url)
         wait_for(lambda: driver.execute_script("return live.offset !== null"), 15, "the first live frame")
+        driver.find_element("id", "sound").click()  # WebAudio on: answer notes get scheduled in the page
         wait_for(lambda: driver.execute_script("return live.notes.size") > 0, 30, "answer notes on the page")
         time.sleep(0.5)  # the roll draws on the next animation frames
         assert driver.execute_script(NOTE_PIXELS, "roll") > 50, "the piano roll shows notes"
         state = driver.execute_script("return live.state")
         assert state["answers"] >= 1 and state["bpm"] == 120.0 and state["modes"][0] == "call"
+        wait_for(lambda: driver.execute_script("return live.played") > 0, 10, "answer notes scheduled in WebAudio")
         driver.save_screenshot(str(ARTIFACTS / "studio-live.png"))
 
         before = synth.all_notes_off()

@@ -46,7 +46,7 @@ from liveduet.ui.harmony import (  # noqa: F401 - re-exported: the dashboard's A
     key_name,
     parse_token_names,
 )
-from liveduet.ui.screen import LogBuffer
+from liveduet.ui.screen import LogBuffer, plain
 
 REFRESH_HZ = 10
 TEMPERATURE_STEP = 0.1
@@ -286,14 +286,14 @@ class Dashboard:
         snap = self.session.snapshot()
         harmony = self.harmony.names(*harmony_inputs(snap)) if snap is not None else None
         notice = self._notice if time.monotonic() < self._notice_until else ""
-        log = list(self._log.lines)[-3:] if self._log is not None else ()
+        log = self._log.tail() if self._log is not None else ()
         size = self.console.size
         return render(snap, size.width, size.height, harmony=harmony, log=log, notice=notice)
 
     def frame_inputs(self) -> tuple:
         """What the drawing child needs for a frame: the snapshot, the log's last lines, the notice."""
         notice = self._notice if time.monotonic() < self._notice_until else ""
-        return self.session.snapshot(), tuple(list(self._log.lines)[-3:]) if self._log is not None else (), notice
+        return plain(self.session.snapshot()), self._log.tail() if self._log is not None else (), notice
 
     def say(self, notice: str) -> None:
         self._notice, self._notice_until = notice, time.monotonic() + NOTICE_S

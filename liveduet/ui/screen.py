@@ -1,6 +1,6 @@
 """The dashboard drawn by a child process, so Rich's rendering never holds the daemon's GIL.
 
-    daemon: pusher thread (10 Hz) ── Pipe: (snapshot, log lines, notice) ──> child: Rich Live → terminal
+    daemon: pusher thread (10 Hz) ── Pipe: (snapshot as dicts, log lines, notice) ──> child: Rich Live → terminal
 
 Building and printing one frame at 120×40 costs 6–15 ms of pure Python; drawn on a thread of the
 daemon it held the interpreter for that long ten times a second, and the scheduler thread, woken
@@ -21,9 +21,25 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 from typing import Any, TextIO
 
 STOP_TIMEOUT_S = 3.0
+
+
+def plain(snapshot: Any) -> dict | None:
+    """A session snapshot as plain dicts for the pipe: unpickling the session's own classes would
+    import the engine, and torch with it, into the child (seconds before the first frame)."""
+    if snapshot is None:
+        return None
+    return {**vars(snapshot), "engine": dict(vars(snapshot.engine))}
+
+
+def as_snapshot(data: dict | None) -> Any:
+    """`plain`'s dicts back as something `render` reads like a snapshot (attributes)."""
+    if data is None:
+        return None
+    return SimpleNamespace(**{**data, "engine": SimpleNamespace(**data["engine"])})
 
 
 def draw_main(conn: Any, refresh_hz: float) -> None:
@@ -55,7 +71,8 @@ def draw_main(conn: Any, refresh_hz: float) -> None:
                 break
             if item is None:
                 break
-            latest[0] = item
+            snap, log, notice = item
+            latest[0] = (as_snapshot(snap), log, notice)
     console.file.flush()
     os._exit(0)  # the screen is restored: do not wait for a music21 analysis still running
 
@@ -80,7 +97,10 @@ class ScreenProcess:
     def _push(self) -> None:
         last: Any = None
         while not self._quit.wait(1 / self.hz):
-            item = self.source()
+            try:
+                item = self.source()
+            except Exception:  # a frame that could not be gathered: the next one will be
+                continue
             if item == last:
                 continue  # nothing new to draw (snapshots compare by value)
             last = item
@@ -127,6 +147,15 @@ class LogBuffer:
     @property
     def encoding(self) -> str:
         return getattr(self.original, "encoding", "utf-8")
+
+    def tail(self, n: int = 3) -> tuple[str, ...]:
+        """The last `n` lines, from any thread (a line written meanwhile is tried again, or left out)."""
+        for _ in range(3):
+            try:
+                return tuple(self.lines)[-n:]
+            except RuntimeError:  # "deque mutated during iteration": the engine thread just wrote
+                continue
+        return ()
 
     def drain(self) -> list[str]:
         out = list(self.lines) + ([self._partial] if self._partial else [])

@@ -4,6 +4,9 @@
   on another site cannot reach it through DNS rebinding.
 - Origin: a websocket or a POST that carries an Origin header must come from the studio's own
   origin: a web page elsewhere cannot drive the user's synth or make the machine generate.
+- Fetch metadata: a browser request to the API that says it comes from another site
+  (Sec-Fetch-Site: cross-site / same-site) is refused, so an <audio> or <img> elsewhere cannot
+  make the studio render or read.
 - Token (required off localhost): a `token` query parameter (the URL the studio prints), the
   `X-Liveduet-Token` header, or the cookie the page gets once it was opened with the token.
 Refusals are one-line JSON errors (403), never a page.
@@ -22,6 +25,7 @@ COOKIE = "liveduet_token"
 HEADER = b"x-liveduet-token"
 LOCAL_NAMES = ("127.0.0.1", "localhost", "[::1]")
 PUBLIC_PREFIXES = ("/static/",)  # the page's own code and style: nothing private, no token needed
+API_PREFIXES = ("/api/", "/ws/")
 
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
@@ -68,6 +72,11 @@ class Guard:
         checks_origin = scope["type"] == "websocket" or scope.get("method") not in ("GET", "HEAD", "OPTIONS")
         if checks_origin and origin is not None and origin.decode("latin-1").lower() not in self.origins:
             return f"origin {origin.decode('latin-1')!r} may not use this studio"
+        # A page elsewhere may still make the browser GET from here (an <img>, an <audio>): browsers
+        # say so (Fetch Metadata), and only the studio's own page may use the API.
+        site = headers.get(b"sec-fetch-site", b"").decode("latin-1")
+        if site in ("cross-site", "same-site") and scope.get("path", "").startswith(API_PREFIXES):
+            return f"a {site} request may not use this studio's API"
         if self.token is None or scope.get("path", "").startswith(PUBLIC_PREFIXES):
             return None
         if any(hmac.compare_digest(given.encode(), self.token.encode()) for given in self._tokens(scope, headers)):

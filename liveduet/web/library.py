@@ -8,6 +8,7 @@ the disk. Each file passes the capped MIDI reader (music/midifile.py) before mid
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,14 +107,18 @@ def phrases(notes: list[list]) -> tuple[int, int]:
     return calls, answers
 
 
-def describe(rec: Recording) -> dict:
-    """A recording as the Sessions list shows it."""
+@functools.lru_cache(maxsize=1024)
+def _summary(path: Path, modified: float, size: int) -> tuple[float, int, int, str | None]:  # noqa: ARG001 - cache key
     try:
-        notes, length = track_notes(rec.path)
-        calls, answers = phrases(notes)
-        error = None
+        notes, length = track_notes(path)
     except MidiFileError as err:
-        length, calls, answers, error = 0.0, 0, 0, str(err)
+        return 0.0, 0, 0, str(err)
+    return (length, *phrases(notes), None)
+
+
+def describe(rec: Recording) -> dict:
+    """A recording as the Sessions list shows it (read once per version of the file)."""
+    length, calls, answers, error = _summary(rec.path, rec.modified, rec.size)
     return {"id": rec.id, "date": dt.datetime.fromtimestamp(rec.modified).isoformat(timespec="seconds"),
             "seconds": round(length, 1), "calls": calls, "answers": answers, "bytes": rec.size, "error": error}
 

@@ -23,7 +23,9 @@ function showTab(name) {
 
 // ---- live ---------------------------------------------------------------------------------------
 
-const live = { state: {}, notes: new Map(), offset: null, ws: null, audio: null, voices: new Map() };
+const live = { state: {}, notes: new Map(), offset: null, ws: null, audio: null, voices: new Map(), played: 0,
+  drawn: 0 };
+const DRAW_EVERY_MS = 33;  // ~30 frames a second is smooth enough and leaves the CPU to the duet
 
 function serverNow() { return live.offset === null ? 0 : performance.now() / 1000 - live.offset; }
 
@@ -90,12 +92,14 @@ function lockValue(lock) {  // the engine names a lock "G major"; the select's v
 
 function setSlider(id, v) { $(id).value = v; $(id + "-out").textContent = Number(v).toFixed(2); }
 
-function drawLive() {
+function drawLive(stamp) {
+  requestAnimationFrame(drawLive);
+  if (stamp - live.drawn < DRAW_EVERY_MS) return;
+  live.drawn = stamp;
   const now = serverNow();
   const notes = (live.state.call || []).map((n) => [n[0], n[1], n[2], 0, 0]);
   for (const n of live.notes.values()) notes.push([n.on, n.off, n.pitch, n.vel, 1]);
   drawRoll($("roll"), notes, now - WINDOW_S, now + AHEAD_S, now);
-  requestAnimationFrame(drawLive);
 }
 
 function send(cmd) {
@@ -150,6 +154,7 @@ function playNote(n) {
   osc.start(t0);
   osc.stop(Math.max(t0 + 0.02, end) + 0.1);
   live.voices.set(n.id, { osc, start: t0 });
+  live.played += 1;
   osc.onended = () => live.voices.delete(n.id);
 }
 
