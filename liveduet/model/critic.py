@@ -130,6 +130,36 @@ def excluded_names(datasets: list[Dataset], calls: int) -> frozenset[str]:
     return frozenset(ex.name for d in datasets for ex in excerpts(d, 8, calls))
 
 
+def held_out(name: str, percent: float) -> bool:
+    """The critic's own split, by piece name (all transpositions on one side). Salted: the data's
+    validation split is itself a crc32 of the name, so an unsalted crc would put every piece out."""
+    return (zlib.crc32(f"critic:{name}".encode()) % 10_000) < percent * 100
+
+
+def example_plan(datasets: list[Dataset], cfg: CriticConfig, exclude: frozenset[str]) -> list[tuple]:
+    """(tokens, name, points) for every validation piece used: where its stretches start (after
+    event 8, every S events), at most `positions_per_piece` of them."""
+    S = cfg.stretch_events
+    plan = []
+    for data in datasets:
+        names = _piece_names(data)
+        for i, (a, b, split) in enumerate(zip(data.offsets[:-1], data.offsets[1:], data.split)):
+            name = names[i] if i < len(names) else str(i)
+            if split != 1 or name in exclude:
+                continue
+            tokens = data.tokens[a:b].astype(np.int64)
+            points = list(range(1 + 2 * 8, len(tokens) - 2 * S - 1, 2 * S))[: cfg.positions_per_piece]
+            if points:
+                plan.append((tokens, name, points))
+    return plan
+
+
+def held_out_flags(plan: list[tuple], cfg: CriticConfig) -> np.ndarray:
+    """One flag per example (two per point: real, then the model's), in `build_examples`' order."""
+    return np.array([held_out(name, cfg.held_out_percent) for _, name, points in plan for _ in range(2 * len(points))],
+                    dtype=bool)
+
+
 def build_examples(runtime: object, datasets: list[Dataset], cfg: CriticConfig, exclude: frozenset[str] = frozenset(),
                    log=lambda line: None) -> dict[str, np.ndarray]:
     """Real and sampled stretches after contexts from the *validation* pieces of `datasets` (the pieces
@@ -141,43 +171,28 @@ def build_examples(runtime: object, datasets: list[Dataset], cfg: CriticConfig, 
     sampler = Sampler(runtime, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)  # type: ignore[arg-type]
     rows: list[np.ndarray] = []
     labels: list[int] = []
-    held: list[bool] = []
+    plan = example_plan(datasets, cfg, exclude)
     started = time.perf_counter()
-    for data in datasets:
-        names = _piece_names(data)
-        for i, (a, b, split) in enumerate(zip(data.offsets[:-1], data.offsets[1:], data.split)):
-            if split != 1:
-                continue
-            tokens = data.tokens[a:b].astype(np.int64)
-            name = names[i] if i < len(names) else str(i)
-            if name in exclude:
-                continue
-            # By name: every transposition of a piece lands on the same side.
-            out = (zlib.crc32(name.encode()) % 10_000) < cfg.held_out_percent * 100
-            # Points where a stretch starts: after event 8, every S events, up to the piece's end.
-            points = list(range(1 + 2 * 8, len(tokens) - 2 * S - 1, 2 * S))[: cfg.positions_per_piece]
-            if not points:
-                continue
-            sampler.reset()  # <bos> fed: tokens[0] is <bos>
-            fed = 1
-            for p in points:
-                while fed < p:
-                    sampler.feed(int(tokens[fed]))
-                    fed += 1
-                ctx = tokens[max(0, p - C):p]
-                ctx = np.concatenate([np.full(C - len(ctx), PAD), ctx])
-                mark = sampler.checkpoint()
-                fake: list[int] = []
-                for _ in range(S):
-                    event = sampler.sample_event()
-                    fake += runtime.vocab.encode([event])  # type: ignore[attr-defined]
-                sampler.restore(mark)
-                rows += [np.concatenate([ctx, tokens[p:p + 2 * S]]), np.concatenate([ctx, fake])]
-                labels += [1, 0]
-                held += [out, out]
-        log(f"examples: {len(rows)} after {time.perf_counter() - started:.0f} s")
+    for n, (tokens, _, points) in enumerate(plan):
+        sampler.reset()  # <bos> fed: tokens[0] is <bos>
+        fed = 1
+        for p in points:
+            while fed < p:
+                sampler.feed(int(tokens[fed]))
+                fed += 1
+            ctx = tokens[max(0, p - C):p]
+            ctx = np.concatenate([np.full(C - len(ctx), PAD), ctx])
+            mark = sampler.checkpoint()
+            fake: list[int] = []
+            for _ in range(S):
+                fake += runtime.vocab.encode([sampler.sample_event()])  # type: ignore[attr-defined]
+            sampler.restore(mark)
+            rows += [np.concatenate([ctx, tokens[p:p + 2 * S]]), np.concatenate([ctx, fake])]
+            labels += [1, 0]
+        if n % 100 == 99:
+            log(f"examples: {len(rows)} from {n + 1}/{len(plan)} pieces after {time.perf_counter() - started:.0f} s")
     return {"tokens": np.stack(rows).astype(np.int64), "label": np.array(labels, dtype=np.float32),
-            "held_out": np.array(held, dtype=bool)}
+            "held_out": held_out_flags(plan, cfg)}
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -337,11 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     datasets = [load_dataset(d) for d in args.data]
     for d in datasets:
         runtime.vocab.check_compatible(d.vocab, "the model")
+    exclude = excluded_names([load_dataset(d) for d in args.exclude], args.exclude_calls)
+    print(f"excluding {len(exclude)} pieces the live evaluation plays")
     if args.examples and args.examples.exists():
         ex = dict(np.load(args.examples))
+        ex["held_out"] = held_out_flags(example_plan(datasets, cfg, exclude), cfg)  # the split, recomputed
     else:
-        exclude = excluded_names([load_dataset(d) for d in args.exclude], args.exclude_calls)
-        print(f"excluding {len(exclude)} pieces the live evaluation plays")
         ex = build_examples(runtime, datasets, cfg, exclude, log=print)
         if args.examples:
             np.savez_compressed(args.examples, **ex)
