@@ -16,6 +16,7 @@ them onto its own clock from the frames' arrival.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -29,10 +30,13 @@ MAX_WARNINGS = 5
 FORGET_S = 30.0  # notes this old are forgotten by the feed (the page keeps its own window)
 
 
+_events = functools.lru_cache(maxsize=64)(parse_token_names)  # a call's tokens change a few times a second
+
+
 def call_notes(tokens: tuple[str, ...], end_t: float, bpm: float) -> list[list[float]]:
     """The call's token names as [on, off, pitch] in seconds, placed so that the phrase ends at `end_t`
     (the snapshot holds the newest tokens only: their end is what is known)."""
-    events = parse_token_names(tokens)
+    events = _events(tokens)
     period = 60.0 / bpm if bpm > 0 else 0.5
     total = sum(d for _, d in events)
     out: list[list[float]] = []
@@ -49,19 +53,27 @@ def queued_notes(heap: list, t0: float, click_channel: int | None = None) -> tup
     """Answer notes in a copy of the scheduler's queue: (notes, the ids of every queued note-on).
 
     A note is its note-on's sequence number (the id), due times in seconds since `t0`, pitch,
-    velocity and channel; its end is the first queued note-off of the same key and tag after it.
-    The player's thru notes and the metronome's clicks are not answer notes."""
-    entries = sorted(heap)
-    notes, ids = [], set()
-    for i, (due, seq, msg, tag) in enumerate(entries):
-        if tag == THRU_TAG or msg.type != "note_on" or msg.velocity == 0 or msg.channel == click_channel:
+    velocity and channel; its end is the first queued note-off of the same key and tag after it
+    (none queued: a quarter second). The player's thru notes and the metronome's clicks are not
+    answer notes. One pass over the queue in time order."""
+    notes: list[dict] = []
+    ids: set[int] = set()
+    waiting: dict[tuple, list[dict]] = {}  # (tag, channel, note) → its notes still without an end
+    for due, seq, msg, tag in sorted(heap):
+        if tag == THRU_TAG or msg.type not in ("note_on", "note_off") or msg.channel == click_channel:
             continue
-        ids.add(seq)
-        off = next((d for d, _, m, tg in entries[i + 1:]
-                    if tg == tag and m.channel == msg.channel and m.note == msg.note
-                    and (m.type == "note_off" or (m.type == "note_on" and m.velocity == 0))), due + 0.25)
-        notes.append({"id": seq, "on": round(due - t0, 4), "off": round(off - t0, 4), "pitch": msg.note,
-                      "vel": msg.velocity, "ch": msg.channel})
+        key = (tag, msg.channel, msg.note)
+        if msg.type == "note_on" and msg.velocity > 0:
+            note = {"id": seq, "on": round(due - t0, 4), "off": None, "pitch": msg.note, "vel": msg.velocity,
+                    "ch": msg.channel}
+            notes.append(note)
+            ids.add(seq)
+            waiting.setdefault(key, []).append(note)
+        elif waiting.get(key):
+            waiting[key].pop(0)["off"] = round(due - t0, 4)
+    for note in notes:
+        if note["off"] is None:
+            note["off"] = round(note["on"] + 0.25, 4)
     return notes, ids
 
 
