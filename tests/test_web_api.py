@@ -156,6 +156,9 @@ def test_live_frames_are_diffs_with_queued_notes_and_commands_reach_the_bus(stud
         session.engine = replace(session.engine, beat=2.0)
         second = ws.receive_json()
         assert "notes" not in second and "state" not in second and second["beat"] == 2.0  # a diff
+        session.engine = replace(session.engine, state="calling", call_tokens=("A4", "d1"))  # a new call
+        third = ws.receive_json()
+        assert [p for _, _, p in third["call"]] == [69] and [p for _, _, p in third["past_calls"]] == [60, 64, 67]
         ws.send_text(json.dumps({"type": "panic"}))
         ws.send_text(json.dumps({"type": "temperature", "value": 1.3}))
         ws.send_text(json.dumps({"type": "record"}))

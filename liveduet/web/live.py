@@ -101,6 +101,9 @@ class LiveFeed:
         self._seen: dict[int, float] = {}  # note ids already sent → their end (to forget them later)
         self._call_end = 0.0
         self._call_tokens: tuple[str, ...] = ()
+        self._call_notes: list[list[float]] = []
+        self._past: list[list[float]] = []  # earlier calls' notes, for the roll's recent past
+        self._state_was = ""
 
     def frame(self) -> dict:
         """The whole state now, as JSON-ready values (notes: only those not sent before)."""
@@ -124,9 +127,14 @@ class LiveFeed:
 
     def _state(self, snap: Any, t: float) -> dict:
         e = snap.engine
+        if e.state == "calling" and self._state_was != "calling" and self._call_notes:
+            # A new call: the last one stays on the roll (it scrolls away), this one starts afresh.
+            self._past = [n for n in self._past if n[1] > t - FORGET_S] + self._call_notes
+        self._state_was = e.state
         if e.state == "calling" or e.call_tokens != self._call_tokens and e.state != "listening":
             self._call_end = t  # the call's newest token ends about now
         self._call_tokens = e.call_tokens
+        self._call_notes = call_notes(e.call_tokens, self._call_end, e.bpm)
         harmony: Harmony = self.harmony.names(*harmony_inputs(snap))
         return {
             "state": e.state, "beat": round(e.beat, 3), "bpm": round(e.bpm, 2), "clock_source": e.clock_source,
@@ -138,7 +146,7 @@ class LiveFeed:
             "recording": snap.recording, "input": snap.input_name, "output": snap.output_name,
             "input_ok": snap.input_ok, "output_ok": snap.output_ok,
             "warnings": list(e.warnings[-MAX_WARNINGS:]),
-            "call": call_notes(e.call_tokens, self._call_end, e.bpm),
+            "call": self._call_notes, "past_calls": self._past,
         }
 
     def update(self) -> dict:

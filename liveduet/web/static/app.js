@@ -97,7 +97,8 @@ function drawLive(stamp) {
   if (stamp - live.drawn < DRAW_EVERY_MS) return;
   live.drawn = stamp;
   const now = serverNow();
-  const notes = (live.state.call || []).map((n) => [n[0], n[1], n[2], 0, 0]);
+  const calls = (live.state.past_calls || []).concat(live.state.call || []);
+  const notes = calls.map((n) => [n[0], n[1], n[2], 0, 0]);
   for (const n of live.notes.values()) notes.push([n.on, n.off, n.pitch, n.vel, 1]);
   drawRoll($("roll"), notes, now - WINDOW_S, now + AHEAD_S, now);
 }
