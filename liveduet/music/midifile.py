@@ -237,7 +237,7 @@ def parse_midi(data: bytes, max_seconds: float = MAX_SECONDS, programs: frozense
     for timeline in changes.values():
         timeline.sort()
     notes: list[tuple[float, float, int, int]] = []  # (onset, end, pitch, velocity)
-    open_at: dict[int, list[tuple[int, int]]] = {}  # key → (tick, velocity) of notes sounding
+    open_at: dict[int, list[int]] = {}  # key → tick << 7 | velocity of each note sounding
     pedal_down = False
     for tick, _, kind, value in raw:
         beat = tick / tpb
@@ -246,12 +246,12 @@ def parse_midi(data: bytes, max_seconds: float = MAX_SECONDS, programs: frozense
             if programs is not None and _program_at(changes.get(key >> 8), tick) not in programs:
                 out.filtered_notes += 1
                 continue
-            open_at.setdefault(key, []).append((tick, value >> 16))
+            open_at.setdefault(key, []).append(tick << 7 | value >> 16)
         elif kind == 0:
             starts = open_at.get(value)
             if starts:
-                start, velocity = starts.pop(0)
-                notes.append((start / tpb, beat, value & 0x7F, velocity))
+                start = starts.pop(0)
+                notes.append(((start >> 7) / tpb, beat, value & 0x7F, start & 0x7F))
         elif kind == 2:
             if bool(value) != pedal_down:
                 pedal_down = bool(value)
@@ -260,7 +260,7 @@ def parse_midi(data: bytes, max_seconds: float = MAX_SECONDS, programs: frozense
             out.tempos.append((beat, 60_000_000 / value))
     last = raw[-1][0] / tpb if raw else 0.0
     for key, starts in open_at.items():  # notes never released end with the file
-        notes.extend((s / tpb, last, key & 0x7F, v) for s, v in starts)
+        notes.extend(((s >> 7) / tpb, last, key & 0x7F, s & 0x7F) for s in starts)
     notes.sort()
     if notes:
         onsets, ends, pitches, velocities = zip(*notes)
