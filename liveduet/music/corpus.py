@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +65,6 @@ class Result:
     seconds: float = 0.0
     cached: bool = False
     digest: str | None = None  # MD5 of the file's bytes, when the task asks for it
-    notes: dict = field(default_factory=dict)  # counts worth reporting (e.g. notes filtered)
 
 
 def expand_sources(sources: list[str], describe: dict[str, str] | None = None, **options) -> list[Task]:
@@ -159,8 +158,7 @@ def read_task(task: Task, settings: TokenizerSettings) -> Result:
             events = tokenize_notes(notes.notes, settings, notes.pedal)
             piece = Piece(task.name or _piece_name(task), task.source, events,
                           performance(notes, events, settings), task.meta, task.split)
-            return Result(task, [piece], seconds=time.perf_counter() - started, digest=digest,
-                          notes={"filtered_notes": notes.filtered_notes})
+            return Result(task, [piece], seconds=time.perf_counter() - started, digest=digest)
         pieces, cached = _read_music21(Path(task.path), task, settings)
         if not pieces:
             return Result(task, [], skipped="no notes", seconds=time.perf_counter() - started)
