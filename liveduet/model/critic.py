@@ -51,6 +51,9 @@ class CriticConfig:
     hidden: int = 64
     layers: int = 1
     dropout: float = 0.1
+    # Start from the judged model's own token embedding, frozen (embed must equal its width): the
+    # critic then reads tokens the way the model does, and has far fewer weights to overfit with.
+    pretrained_embed: bool = False
     # How the model's continuations are sampled (the live [answer] defaults).
     temperature: float = 1.0
     top_p: float = 0.95
@@ -215,12 +218,19 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def train_critic(examples: dict[str, np.ndarray], vocab_size: int, cfg: CriticConfig,
-                 log=lambda line: None) -> tuple[CriticNet, dict]:
+                 log=lambda line: None, embedding: Tensor | None = None) -> tuple[CriticNet, dict]:
     """Train on the examples of the training pieces (time-limited), keep the epoch with the best
-    held-out ROC-AUC; returns the network (eval mode) and its figures."""
+    held-out ROC-AUC; returns the network (eval mode) and its figures. `embedding` [V, E]: the
+    judged model's, copied in and frozen."""
     torch.manual_seed(cfg.seed)
     net = CriticNet(vocab_size, cfg)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.01)
+    if embedding is not None:
+        if tuple(embedding.shape) != tuple(net.embed.weight.shape):
+            raise ConfigError(f"[critic] embed = {cfg.embed}: the model's embedding is {tuple(embedding.shape)}")
+        with torch.no_grad():
+            net.embed.weight.copy_(embedding)
+        net.embed.weight.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.01)
     tok, lab, held = (torch.from_numpy(examples["tokens"]), torch.from_numpy(examples["label"]),
                       examples["held_out"])
     tr, te = np.flatnonzero(~held), np.flatnonzero(held)
@@ -362,7 +372,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.examples:
             np.savez_compressed(args.examples, **ex)
     torch.backends.mkldnn.enabled = True  # training: oneDNN helps (the runtime turned it off for stepping)
-    net, figures = train_critic(ex, len(runtime.vocab), cfg, log=print)
+    embedding = None
+    if cfg.pretrained_embed:
+        embedding = dict(runtime.module.named_parameters())["model.embed.weight"].detach().clone()
+    net, figures = train_critic(ex, len(runtime.vocab), cfg, log=print, embedding=embedding)
     figures["examples_per_class"] = int(len(ex["label"]) // 2)
     card = export_critic(net, cfg, runtime.vocab, args.out or args.model, figures, runtime.card,
                          [str(d) for d in args.data])
