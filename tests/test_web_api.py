@@ -24,6 +24,7 @@ from liveduet.live.settings import load_live_settings
 from liveduet.live.snapshot import EngineSnapshot
 from liveduet.web.app import Studio, create_app
 from liveduet.web.generation import MAX_UPLOAD_BYTES, complexity_weights
+from liveduet.web.guard import host_name, origin_host
 from liveduet.web.live import call_notes, diff, queued_notes
 from liveduet.web.server import StudioError, check_exposure
 
@@ -198,6 +199,16 @@ def test_other_hosts_and_foreign_posts_are_refused(client: TestClient) -> None:
     res = client.get("/api/sessions/x/audio", headers={"sec-fetch-site": "cross-site"})  # an <audio> elsewhere
     assert res.status_code == 403 and "cross-site" in res.json()["error"]
     assert client.get("/api/info", headers={"sec-fetch-site": "same-origin"}).status_code == 200
+    assert client.get("/api/info", headers={"host": "localhost:41234"}).status_code == 200  # any port
+    for origin in ("http://127.0.0.1.evil.example", "null", "file://", "http://evil.example:8765"):
+        res = client.post("/api/generate", content=b"{}", headers={"origin": origin})
+        assert res.status_code == 403, origin
+
+
+def test_host_names() -> None:
+    assert [host_name(h) for h in ("127.0.0.1:8765", "[::1]:80", "localhost", "[::1]")] == \
+        ["127.0.0.1", "[::1]", "localhost", "[::1]"]
+    assert origin_host("http://localhost:3000") == "localhost" and origin_host("null") is None
 
 
 def test_a_token_is_required_when_set(studio: Studio) -> None:
@@ -309,3 +320,33 @@ def test_complexity_is_neutral_at_half_and_favours_short_notes_above() -> None:
     assert len(set(flat.values())) == 1
     dense, sparse = complexity_weights(0.9, 48), complexity_weights(0.1, 48)
     assert dense[3] > dense[12] > dense[48] and sparse[3] < sparse[12] < sparse[48]
+
+
+def test_scores_musicxml_by_music21_and_svg_by_lilypond(client: TestClient, studio: Studio, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from liveduet.web.media import Media
+
+    media = Media(tmp_path / "cache")
+    client = TestClient(create_app(replace(studio, media=media)), raise_server_exceptions=False)
+    base = "/api/sessions/liveduet-20261130-120000"
+    monkeypatch.setenv("PATH", str(tmp_path / "nobin"))  # no LilyPond: a 503 that says what to do
+    res = client.get(f"{base}/svg")
+    assert res.status_code == 503 and "MusicXML" in res.json()["error"]
+    monkeypatch.undo()
+    try:
+        xml = client.get(f"{base}/musicxml")
+        assert xml.status_code == 200 and b"<score-partwise" in xml.content
+        # LilyPond's two steps, faked: musicxml2ly writes the .ly, lilypond the SVG beside it.
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "musicxml2ly").write_text('#!/bin/sh\n[ "$1" = --output ] && echo "{ c4 }" > "$2"\n')
+        (bin_dir / "lilypond").write_text('#!/bin/sh\nfor a; do out=$prev; prev=$a; done\n'
+                                          'for a; do case $p in --output) o=$a;; esac; p=$a; done\n'
+                                          'echo "<svg xmlns=\\"http://www.w3.org/2000/svg\\"/>" > "$o.svg"\n')
+        for tool in ("musicxml2ly", "lilypond"):
+            (bin_dir / tool).chmod(0o755)
+        monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+        svg = client.get(f"{base}/svg")
+        assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg+xml"), svg.text
+    finally:
+        media.close()

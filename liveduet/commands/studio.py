@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.recordings.is_dir():
         raise ConfigError(f"--recordings {args.recordings}: not a folder")
     models = list_models(args.models or _default_models())
-    studio = Studio(recordings=args.recordings, models=models, host=args.host, port=args.port, token=args.token,
+    studio = Studio(recordings=args.recordings, models=models, host=args.host, token=args.token,
                     media=Media(args.cache) if args.cache else None)
     server = WebServer(create_app(studio), args.host, args.port, args.token)
     server.start()

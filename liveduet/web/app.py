@@ -54,8 +54,7 @@ class Studio:
     live: Any = None  # a running Session (snapshot(), send(cmd), scheduler, settings, clock), or None
     recordings: Path = Path(".")
     models: dict[str, Path] = field(default_factory=dict)  # empty: no Generate tab
-    host: str = "127.0.0.1"
-    port: int = 8765
+    host: str = "127.0.0.1"  # the name the guard lets in besides the loopback ones
     token: str | None = None
     extra_hosts: tuple[str, ...] = ()  # e.g. "testserver" for the ASGI test client
     media: Media | None = None
@@ -206,7 +205,7 @@ def create_app(studio: Studio) -> Guard:
     ]
     app = Starlette(routes=routes, exception_handlers={LiveduetError: _error, HTTPException: _error, Exception: _error})
     app.state.media, app.state.generator = media, generator
-    return Guard(app, allowed_hosts(studio.host, studio.port, studio.extra_hosts), studio.token)
+    return Guard(app, allowed_hosts(studio.host, studio.extra_hosts), studio.token)
 
 
 async def _capped_body(request: Request, limit: int) -> bytes:

@@ -30,14 +30,25 @@ API_PREFIXES = ("/api/", "/ws/")
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
 
-def allowed_hosts(host: str, port: int, extra: Iterable[str] = ()) -> set[str]:
-    """The Host header values the studio answers to (with and without the port)."""
-    names = {*LOCAL_NAMES, host if ":" not in host else f"[{host}]", *extra}
-    return {n for name in names for n in (name, f"{name}:{port}")}
+def allowed_hosts(host: str, extra: Iterable[str] = ()) -> set[str]:
+    """The host names the studio answers to. Rebinding puts the attacker's name in Host and Origin,
+    so the name is what is checked; the port may be any (port 0 picks one at start)."""
+    return {*LOCAL_NAMES, host.lower() if ":" not in host else f"[{host.lower()}]", *extra}
 
 
-def origins_for(hosts: set[str]) -> set[str]:
-    return {f"{scheme}://{h}" for h in hosts for scheme in ("http", "https")}
+def host_name(value: str) -> str:
+    """"127.0.0.1:8765" → "127.0.0.1", "[::1]:80" → "[::1]", "localhost" → "localhost"."""
+    if value.startswith("["):
+        return value[: value.find("]") + 1] if "]" in value else value
+    return value.rsplit(":", 1)[0] if ":" in value else value
+
+
+def origin_host(origin: str) -> str | None:
+    """The host name of an Origin header ("http://127.0.0.1:8765" → "127.0.0.1"); None if not http(s)."""
+    scheme, sep, rest = origin.partition("://")
+    if not sep or scheme not in ("http", "https"):
+        return None
+    return host_name(rest.split("/", 1)[0])
 
 
 class Guard:
@@ -46,7 +57,6 @@ class Guard:
     def __init__(self, app: ASGIApp, hosts: set[str], token: str | None = None) -> None:
         self.app = app
         self.hosts = hosts
-        self.origins = origins_for(hosts)
         self.token = token
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -66,11 +76,11 @@ class Guard:
     def refusal(self, scope: dict, headers: dict[bytes, bytes]) -> str | None:
         """Why this request is refused, or None."""
         host = headers.get(b"host", b"").decode("latin-1").lower()
-        if host not in self.hosts:
+        if host_name(host) not in self.hosts:
             return f"host {host!r} is not this studio's"
         origin = headers.get(b"origin")
         checks_origin = scope["type"] == "websocket" or scope.get("method") not in ("GET", "HEAD", "OPTIONS")
-        if checks_origin and origin is not None and origin.decode("latin-1").lower() not in self.origins:
+        if checks_origin and origin is not None and origin_host(origin.decode("latin-1").lower()) not in self.hosts:
             return f"origin {origin.decode('latin-1')!r} may not use this studio"
         # A page elsewhere may still make the browser GET from here (an <img>, an <audio>): browsers
         # say so (Fetch Metadata), and only the studio's own page may use the API.

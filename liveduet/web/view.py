@@ -31,8 +31,8 @@ class LiveView:
 
         # Key and chord by music21 in a worker process, as the dashboard does: never on a daemon thread.
         self._executor = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=import_music21)
-        studio = Studio(live=self.session, recordings=self.recordings, host=self.host, port=self.port,
-                        token=self.token, harmony=HarmonyCache(executor=self._executor))
+        studio = Studio(live=self.session, recordings=self.recordings, host=self.host, token=self.token,
+                        harmony=HarmonyCache(executor=self._executor))
         self.server = WebServer(create_app(studio), self.host, self.port, self.token)
         try:
             self.server.start()
