@@ -298,6 +298,8 @@ def test_an_interrupted_run_resumes_to_identical_arrays(tmp_path: Path, capsys) 
     whole, part_out = tmp_path / "whole", tmp_path / "part"
     assert prepare(src, "--out", str(whole), "--jobs", "2", "--transpose", "-2..2", "--min-count", "1") == 0
     assert prepare(src, "--out", str(part_out), "--jobs", "1", "--stop-after", "2") == 130
+    err = capsys.readouterr().err
+    assert "interrupted with 6 of 49 files read; the same command with --resume continues" in err, err
     partial = part_out / ".partial"
     assert len(list(partial.glob("shard-*.pkl"))) == 2 and not (part_out / "manifest.json").exists()
     capsys.readouterr()

@@ -40,6 +40,12 @@ from liveduet.music.shards import PartialStore, events_of, pack, run_key
 from liveduet.music.tokens import BOS, EOS, Event, TokenizerSettings, Vocabulary, build_vocabulary, transpose_events
 
 
+class Interrupted(LiveduetError):
+    """Ctrl-C (or a kill the process survived): what is read stays for --resume."""
+
+    exit_code = 130
+
+
 def parse_range(text: str) -> list[int]:
     """'-5..6' → [-5, ..., 6]; '0' → [0]; '-2,0,2' → [-2, 0, 2]."""
     try:
@@ -136,6 +142,10 @@ def run(args: argparse.Namespace) -> int:
         raise
     except OSError as err:  # the disk filled, or the folder changed while reading
         raise OutputPathError(f"cannot write the dataset {args.out}: {os_error_line(err)}") from err
+    except KeyboardInterrupt:
+        finished = min(len(store.done()) * store.size, len(tasks)) if store.size else 0
+        raise Interrupted(f"interrupted with {finished:,} of {len(tasks):,} files read; the same command "
+                          f"with --resume continues") from None
     shutil.rmtree(partial, ignore_errors=True)
     _summary(Console(quiet=args.quiet), manifest, args.out)
     return 0
