@@ -338,9 +338,9 @@ def test_a_killed_run_resumes_to_identical_arrays(tmp_path: Path) -> None:
 def test_progress_off_a_terminal_is_a_plain_line_with_rate_and_eta(capsys) -> None:
     from rich.console import Console
 
-    from liveduet.commands.prepare import _Progress
+    from liveduet.music.reading import Progress
 
-    with _Progress(Console(file=io.StringIO()), total=1000, done=100) as progress:
+    with Progress(Console(file=io.StringIO()), total=1000, done=100) as progress:
         progress.started -= 10.0  # 10 s in
         progress.last -= 10.0
         progress.advance(400, skipped=3)

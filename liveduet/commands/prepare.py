@@ -1,33 +1,27 @@
 """`liveduet prepare SOURCE... --out DIR`: MIDI files, music21's corpus and real corpora
 (MAESTRO, GiantMIDI-Piano, Lakh MIDI) → a token dataset.
 
-Three passes, so a 170k-file corpus never sits in memory: read the files on a process pool into
-shards in OUT/.partial/ (liveduet/music/shards.py; `--resume` continues there), then stream the
-shards twice: once for the vocabulary's chord counts, once to encode and write the folder
-(liveduet/music/dataset.py DatasetWriter).
+Three passes, so a 170k-file corpus never sits in memory: read the files on a process pool
+(liveduet/music/reading.py) into shards in OUT/.partial/ (liveduet/music/shards.py; `--resume`
+continues there), then stream the shards twice: once for the vocabulary's chord counts, once to
+encode and write the folder (liveduet/music/dataset.py DatasetWriter).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import resource
 import shutil
-import signal
-import sys
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from liveduet import __version__
@@ -36,6 +30,7 @@ from liveduet.fsutil import check_output_folder, os_error_line
 from liveduet.music.corpora import PROGRAM_SETS
 from liveduet.music.corpus import Result, Task, expand_sources, read_task
 from liveduet.music.dataset import NO_TIMING, NO_VELOCITY, SPLIT_CODES, DatasetWriter, is_validation
+from liveduet.music.reading import Progress, run_chunks
 from liveduet.music.shards import PartialStore, events_of, pack, run_key
 from liveduet.music.tokens import BOS, EOS, Event, TokenizerSettings, Vocabulary, build_vocabulary, transpose_events
 
@@ -159,7 +154,7 @@ def _read_into(store: PartialStore, tasks: list[Task], settings: TokenizerSettin
     chunks = store.chunks(tasks)
     todo = sum(len(c) for _, c in chunks)
     written = 0
-    with _Progress(console, len(tasks), len(tasks) - todo) as progress:
+    with Progress(console, len(tasks), len(tasks) - todo) as progress:
 
         def done(index: int, packed: list) -> None:
             nonlocal written
@@ -169,7 +164,7 @@ def _read_into(store: PartialStore, tasks: list[Task], settings: TokenizerSettin
             if args.stop_after and written >= args.stop_after:
                 raise KeyboardInterrupt  # what Ctrl-C does: the shards so far stay for --resume
 
-        run_chunks(chunks, settings, args.jobs, _read_packed, done)
+        run_chunks(chunks, settings, args.jobs, _read_packed, done, lambda task: pack(_crashed(task)))
 
 
 def _read_chunk(tasks: list[Task], settings: TokenizerSettings) -> list[Result]:
@@ -180,60 +175,8 @@ def _read_packed(tasks: list[Task], settings: TokenizerSettings) -> list[dict]:
     return [pack(read_task(t, settings)) for t in tasks]  # packed in the worker: less to pickle back
 
 
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent, which stops the pool
-
-
-def run_chunks(chunks: list[tuple[int, list[Task]]], settings: TokenizerSettings, jobs: int,
-               work: Callable, done: Callable[[int, list], None]) -> None:
-    """`done(index, work(chunk))` for every chunk, on `jobs` worker processes, at most 3 chunks per
-    worker in flight (memory stays bounded). A worker that dies (a parser crashing the interpreter,
-    the OOM killer) never hangs the run: a fresh pool takes the rest, the chunks in flight are
-    retried one process per file, and the file that kills its process again is skipped."""
-    if jobs == 1 or sum(len(c) for _, c in chunks) < 4:
-        for index, chunk in chunks:
-            done(index, work(chunk, settings))
-        return
-    ctx = mp.get_context("fork")  # workers only parse and tokenize; fork starts them fastest
-    queue = deque(chunks)
-    suspects: list[tuple[int, list[Task]]] = []
-    while queue:
-        pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_ignore_sigint)
-        try:
-            pending: dict = {}
-            broken = False
-            while queue or pending:
-                while queue and not broken and len(pending) < 3 * jobs:
-                    item = queue.popleft()
-                    pending[pool.submit(work, item[1], settings)] = item
-                if not pending:
-                    break
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in sorted(finished, key=lambda f: pending[f][0]):
-                    item = pending.pop(future)
-                    try:
-                        out = future.result()
-                    except BrokenProcessPool:
-                        broken = True
-                        suspects.append(item)
-                        continue
-                    done(item[0], out)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-    for index, chunk in sorted(suspects):  # careful mode: one process per file, so a crash names it
-        out = []
-        for task in chunk:
-            with ProcessPoolExecutor(1, mp_context=ctx, initializer=_ignore_sigint) as pool:
-                try:
-                    out += pool.submit(work, [task], settings).result()
-                except BrokenProcessPool:
-                    out += _crashed(task, work)
-        done(index, out)
-
-
-def _crashed(task: Task, work: Callable) -> list:
-    result = Result(task, [], skipped="the worker process reading it crashed")
-    return [pack(result) if work is _read_packed else result]
+def _crashed(task: Task) -> Result:
+    return Result(task, [], skipped="the worker process reading it crashed")
 
 
 def read_all(tasks: list[Task], settings: TokenizerSettings, jobs: int, console: Console) -> list[Result]:
@@ -241,67 +184,22 @@ def read_all(tasks: list[Task], settings: TokenizerSettings, jobs: int, console:
     results: list[Result] = []
     size = max(1, min(32, len(tasks) // (jobs * 8)))
     chunks = [(i, tasks[i * size : (i + 1) * size]) for i in range(-(-len(tasks) // size))]
-    with _Progress(console, len(tasks), 0) as progress:
+    with Progress(console, len(tasks), 0) as progress:
 
         def done(_: int, batch: list[Result]) -> None:
             results.extend(batch)
             progress.advance(len(batch), sum(bool(r.skipped) for r in batch))
 
-        run_chunks(chunks, settings, jobs, _read_chunk, done)
+        run_chunks(chunks, settings, jobs, _read_chunk, done, _crashed)
     results.sort(key=lambda r: r.task.path)
     return results
-
-
-class _Progress:
-    """Files read, rate and ETA: a rich bar on a terminal, a plain line every 10 s otherwise."""
-
-    def __init__(self, console: Console, total: int, done: int, label: str = "reading") -> None:
-        self.total, self.done, self.first, self.skipped, self.label = total, done, done, 0, label
-        self.started = self.last = time.perf_counter()
-        self.lines = 0
-        self.plain = not console.quiet and not console.is_terminal
-        self.bar = None
-        if not console.quiet and console.is_terminal:
-            skips = [TextColumn("{task.fields[skipped]} skipped")] if label == "reading" else []
-            self.bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                TextColumn("ETA"), TimeRemainingColumn(), *skips,
-                                console=console, transient=True)
-
-    def __enter__(self) -> _Progress:
-        if self.bar is not None:
-            self.bar.start()
-            self.task = self.bar.add_task("read", total=self.total, completed=self.done, skipped=0)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-        elif self.plain and self.lines and exc[0] is None:
-            self._line()  # a long run ends with its total; a short one prints nothing
-
-    def advance(self, n: int, skipped: int) -> None:
-        self.done += n
-        self.skipped += skipped
-        if self.bar is not None:
-            self.bar.update(self.task, advance=n, skipped=self.skipped)
-        elif self.plain and time.perf_counter() - self.last >= 10:
-            self._line()
-
-    def _line(self) -> None:
-        self.lines += 1
-        self.last = now = time.perf_counter()
-        rate = (self.done - self.first) / max(now - self.started, 1e-9)
-        eta = (self.total - self.done) / rate if rate > 0 else 0.0
-        print(f"{self.label}: {self.done:,}/{self.total:,} files ({100 * self.done / max(self.total, 1):.0f}%), "
-              f"{rate:,.0f} files/s, ETA {int(eta) // 60}m{int(eta) % 60:02d}s, {self.skipped:,} skipped",
-              file=sys.stderr, flush=True)
 
 
 # -- passes 2 and 3: vocabulary, then encode and write -------------------------------------------
 
 
 def _sequences(store: PartialStore, tasks: list[Task], shifts: list[int], settings: TokenizerSettings,
-               skipped: list[dict] | None, progress: _Progress) -> Iterator[tuple[dict, int, list[Event]]]:
+               skipped: list[dict] | None, progress: Progress) -> Iterator[tuple[dict, int, list[Event]]]:
     """(piece, shift, events) in dataset order. Skipped files and content duplicates (the first
     file by path is kept) go to `skipped` when given."""
     seen: dict[bytes, int] = {}  # MD5 → the index of the first file with it (~150 bytes a file)
@@ -349,7 +247,7 @@ def _merge(store: PartialStore, tasks: list[Task], args: argparse.Namespace, set
     test_works: set = set()  # only test pieces are remembered: a small set
 
     def counted() -> Iterator[list[Event]]:
-        with _Progress(console, n_files, 0, "counting chords") as progress:
+        with Progress(console, n_files, 0, "counting chords") as progress:
             for piece, _, events in _sequences(store, tasks, args.transpose, settings, skipped, progress):
                 size["sequences"] += 1
                 size["tokens"] += 2 * len(events) + 2
@@ -376,7 +274,7 @@ def _merge(store: PartialStore, tasks: list[Task], args: argparse.Namespace, set
     last = None
     listing_path = store.folder / "listing.jsonl"
     names = {v: k for k, v in SPLIT_CODES.items()}
-    with open(listing_path, "w") as listing, _Progress(console, n_files, 0, "writing") as progress:
+    with open(listing_path, "w") as listing, Progress(console, n_files, 0, "writing") as progress:
         for piece, shift, events in _sequences(store, tasks, args.transpose, settings, None, progress):
             ids = np.array([BOS, *vocab.encode(events), EOS], dtype=np.int32)
             perf = None
