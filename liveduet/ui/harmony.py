@@ -24,9 +24,13 @@ Event = tuple[tuple[int, ...], int]  # (pitches, duration in twelfths of a beat)
 
 
 def import_music21() -> None:
-    """A worker process's initializer: import music21 at once, while the player has barely begun."""
+    """A worker process's initializer: niced below the duet, import music21 at once, while the player
+    has barely begun."""
     import contextlib
+    import os
 
+    with contextlib.suppress(OSError, AttributeError):
+        os.nice(10)  # names on a screen matter less than notes on time: yield the CPU to the daemon
     with contextlib.suppress(ImportError):
         import music21.chord  # noqa: F401
         import music21.stream  # noqa: F401

@@ -25,6 +25,7 @@ from types import SimpleNamespace
 from typing import Any, TextIO
 
 STOP_TIMEOUT_S = 3.0
+NICE = 10
 
 
 def plain(snapshot: Any) -> dict | None:
@@ -42,9 +43,17 @@ def as_snapshot(data: dict | None) -> Any:
     return SimpleNamespace(**{**data, "engine": SimpleNamespace(**data["engine"])})
 
 
+def lower_priority(step: int = NICE) -> None:
+    """Yield the CPU to the duet: a view's process is niced (on 2 cores the drawing's 10–15 % of a
+    core otherwise competes with the scheduler thread for a CPU)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.nice(step)
+
+
 def draw_main(conn: Any, refresh_hz: float) -> None:
     """The child: draw the latest (snapshot, log, notice) until None or the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the daemon's to handle
+    lower_priority()
     from rich.console import Console
     from rich.live import Live
 
