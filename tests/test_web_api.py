@@ -229,6 +229,17 @@ def test_exposed_host_needs_a_token(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["studio", "--host", "0.0.0.0", "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("liveduet studio: error: --host 0.0.0.0") and err.count("\n") == 1
+    assert cli.main(["run", "--in", str(ROOT / "examples/call-and-response.mid"), "--web", "0",
+                     "--web-host", "192.168.1.2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("liveduet run: error: --web-host 192.168.1.2") and "--web-token" in err
+
+
+def test_a_port_in_use_is_one_line() -> None:
+    from liveduet.web.server import bind
+
+    with bind("127.0.0.1", 0) as taken, pytest.raises(StudioError, match="cannot listen on 127.0.0.1:"):
+        bind("127.0.0.1", taken.getsockname()[1]).close()
 
 
 def test_errors_are_json_never_a_traceback_page(client: TestClient) -> None:

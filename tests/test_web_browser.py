@@ -157,3 +157,35 @@ def test_live_page_during_a_jack_duet(jack_server, tmp_path: Path) -> None:
             code = None
         synth.port.close()
     assert code == 0, "".join(lines)
+
+
+def test_generate_tab_in_the_browser(tmp_path: Path) -> None:
+    """`liveduet studio`'s Generate tab: a piece from the shipped model, drawn, with its audio."""
+    from liveduet.web.app import Studio, create_app
+    from liveduet.web.media import Media
+    from liveduet.web.server import WebServer
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    studio = Studio(recordings=tmp_path, models={"default": MODEL}, media=Media(tmp_path / "cache"))
+    server = WebServer(create_app(studio), port=0)
+    server.start()
+    driver = None
+    try:
+        driver = browser()
+        driver.get(server.url + "#generate")
+        wait_for(lambda: driver.find_elements("css selector", "#gen-model option"), 10, "the model list")
+        tokens = driver.find_element("id", "gen-tokens")
+        tokens.clear()
+        tokens.send_keys("48")
+        driver.find_element("id", "gen-go").click()
+        wait_for(lambda: driver.find_element("id", "gen-result").is_displayed(), 30, "the generated piece")
+        wait_for(lambda: driver.execute_script(NOTE_PIXELS, "gen-roll") > 20, 10, "the piece's roll")
+        assert "48 tokens" in driver.find_element("id", "gen-said").text
+        if shutil.which("fluidsynth"):
+            wait_for(lambda: driver.execute_script("return document.getElementById('gen-audio').readyState") >= 1,
+                     30, "the piece's audio to load")
+        driver.save_screenshot(str(ARTIFACTS / "studio-generate.png"))
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.stop()

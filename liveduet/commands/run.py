@@ -129,7 +129,7 @@ def _web(args: argparse.Namespace):
 
     if not 0 <= args.web <= 65535:
         raise ConfigError(f"--web PORT must be in 0..65535, got {args.web}")
-    check_exposure(args.web_host, args.web_token)
+    check_exposure(args.web_host, args.web_token, ("--web-host", "--web-token"))
     folder = args.record.parent if args.record else Path(".")
     return live_view(args.web, args.web_host, args.web_token, folder)
 

@@ -37,11 +37,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_exposure(host: str, token: str | None) -> None:
-    """Refuse a non-loopback host without a token, in one line."""
+def check_exposure(host: str, token: str | None, flags: tuple[str, str] = ("--host", "--token")) -> None:
+    """Refuse a non-loopback host without a token, in one line naming the command's own `flags`."""
     if not is_loopback(host) and not token:
-        raise StudioError(f"--host {host} exposes the studio beyond this machine: add --token SECRET "
-                          f"(e.g. --token {secrets.token_urlsafe(12)}), or leave --host at 127.0.0.1")
+        h, t = flags
+        raise StudioError(f"{h} {host} exposes the studio beyond this machine: add {t} SECRET "
+                          f"(e.g. {t} {secrets.token_urlsafe(12)}), or leave {h} at 127.0.0.1")
 
 
 def bind(host: str, port: int) -> socket.socket:

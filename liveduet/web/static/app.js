@@ -76,7 +76,10 @@ function showState(f) {
   if ("temperature" in f && document.activeElement !== $("temperature")) setSlider("temperature", s.temperature);
   if ("length" in f && document.activeElement !== $("length")) setSlider("length", s.length);
   if ("mode" in f && document.activeElement !== $("mode")) $("mode").value = s.mode;
-  if ("lock" in f) $("lock").value = s.lock ? lockValue(s.lock) : "off";
+  if ("lock" in f) {
+    $("lock-now").textContent = s.lock || "";
+    if (document.activeElement !== $("lock")) $("lock").value = s.lock ? lockValue(s.lock) : "off";
+  }
   if ("recording" in f) {
     $("recording").textContent = s.recording ? "recording to " + s.recording : "not recording";
     $("record").classList.toggle("on", !!s.recording);
