@@ -108,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     if args.virtual and not args.out:
         raise LiveduetError("--virtual needs --out too: the name of the output port to create")
     check_outputs(args)
+    web = _web(args)  # its host and token are checked before the model loads
 
     say = logger(args.no_dashboard)
     runtime = ModelRuntime.load(args.model or default_model_dir())
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     backend = ports.get_backend(args.backend) if not file_input or args.out else None
     options = DuetOptions(inp=args.inp, out=args.out, virtual=args.virtual, record=args.record, force=args.force,
                           stats=args.stats, duration=args.duration, seed=args.seed, plain=args.no_dashboard)
-    views = [v for v in (_web(args), None if args.no_dashboard else _dashboard()) if v is not None]
+    views = [v for v in (web, None if args.no_dashboard else _dashboard()) if v is not None]
     return Duet(settings, runtime.vocab, sampler, options, backend=backend, player_events=player_events, say=say,
                 view=views).run()
 
