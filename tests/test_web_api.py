@@ -151,7 +151,7 @@ def test_live_frames_are_diffs_with_queued_notes_and_commands_reach_the_bus(stud
     with client.websocket_connect("/ws/live", headers={"origin": ORIGIN}) as ws:
         first = ws.receive_json()
         assert first["state"] == "answering" and first["temperature"] == 0.9 and first["modes"] == list(commands.MODES)
-        assert first["warnings"] == ["output port lost: Synth"]
+        assert first["warnings"] == ["output port lost: Synth"] and first["variation"] == 0.5
         assert [n["pitch"] for n in first["notes"]] == [67] and first["notes"][0]["on"] == pytest.approx(0.5)
         assert [p for _, _, p in first["call"]] == [60, 64, 67]
         session.engine = replace(session.engine, beat=2.0)

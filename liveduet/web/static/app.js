@@ -76,6 +76,8 @@ function showState(f) {
   if ("temperature" in f && document.activeElement !== $("temperature")) setSlider("temperature", s.temperature);
   if ("length" in f && document.activeElement !== $("length")) setSlider("length", s.length);
   if ("mode" in f && document.activeElement !== $("mode")) $("mode").value = s.mode;
+  if ("mode" in f) $("variation-label").hidden = !(s.mode === "vary" && info.variation_range);
+  if ("variation" in f && s.variation !== null && document.activeElement !== $("variation")) setSlider("variation", s.variation);
   if ("lock" in f) {
     $("lock-now").textContent = s.lock || "";
     if (document.activeElement !== $("lock")) $("lock").value = s.lock ? lockValue(s.lock) : "off";
@@ -118,6 +120,11 @@ function setupControls() {
   $("temperature").onchange = () => send({ type: "temperature", value: Number($("temperature").value) });
   $("length").oninput = () => { $("length-out").textContent = Number($("length").value).toFixed(2); };
   $("length").onchange = () => send({ type: "length", value: Number($("length").value) });
+  if (info.variation_range) {
+    Object.assign($("variation"), { min: info.variation_range[0], max: info.variation_range[1] });
+    $("variation").oninput = () => { $("variation-out").textContent = Number($("variation").value).toFixed(2); };
+    $("variation").onchange = () => send({ type: "variation", value: Number($("variation").value) });
+  }
   $("mode").innerHTML = info.modes.map((m) => `<option>${m}</option>`).join("");
   $("mode").onchange = () => send({ type: "mode", value: $("mode").value });
   $("lock").innerHTML = '<option value="off">off</option><option value="call">the call\'s key</option>'
