@@ -80,8 +80,8 @@ class ToyFamily(Family):
 def toy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setitem(fam.FAMILIES, "toy", f"{__name__}:ToyFamily")
     cfg = tmp_path / "toy.toml"
-    cfg.write_text('[model]\nfamily = "toy"\nwidth = 6\n[train]\nepochs = 3\nlr = 0.01\nwarmup_steps = 0\nlr_schedule = "constant"\n'
-                   'patience = 0\n')
+    cfg.write_text('[model]\nfamily = "toy"\nwidth = 6\n[train]\nepochs = 3\nlr = 0.01\nwarmup_steps = 0\n'
+                   'lr_schedule = "constant"\npatience = 0\n')
     return cfg
 
 
