@@ -79,6 +79,11 @@ def test_split_windows_strikes_a_held_note_again_after_the_cut():
     events = [((60,), 84), ((62,), 24), ((64,), 12)]  # 7 beats, 2, 1: the 62 crosses beat 8
     windows = split_windows(events, 96)
     assert windows == [[((60,), 84), ((62,), 12)], [((62,), 12), ((64,), 12)]]
+    assert split_windows(events, 96, min_tail=48) == [events], "a tail under a bar joins the window before"
+    assert len(split_windows(events + [((65,), 24)], 96, min_tail=48)) == 2
+    struck_again = [((60,), 96), ((60,), 12)]  # a new note on the cut, not a held one
+    assert split_windows(struck_again, 96, min_tail=48) == [struck_again]
+    assert split_windows([], 96) == []
 
 
 def test_fill_window_repeats_a_short_phrase_and_cuts_it():

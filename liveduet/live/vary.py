@@ -5,8 +5,9 @@ moved to z' = μ + σ·ε (ε ~ N(0, I); σ = 0 decodes the phrase itself as the
 decoded greedily under the token grammar. The variety comes from z', not from sampling tokens.
 
 Windows. The VAE was trained on `window_beats`-beat phrases (model/vae.py). A longer phrase is
-varied window by window: it is cut every `window_beats` beats from its first onset, and a note held
-across a cut is struck again at the start of the next window. A phrase (or last window) shorter than
+varied window by window: it is cut every `window_beats` beats from its first onset, a note held
+across a cut is struck again at the start of the next window, and a last piece shorter than a bar
+joins the window before it. A phrase (or last window) shorter than
 the window is padded by repeating it until it fills the window (cut at the window's end): phrases
 repeat, so the encoder hears something like its training data rather than a truncated one. Each
 window is decoded to exactly its own length: <eos> is never chosen, and the last note is cut where
@@ -35,20 +36,32 @@ if TYPE_CHECKING:  # the VAE is imported when vary mode is used, not by every `l
     from liveduet.model.vae_export import VAEModel
 
 
-def split_windows(events: list[Event], width: int) -> list[list[Event]]:
+def split_windows(events: list[Event], width: int, min_tail: int = 0) -> list[list[Event]]:
     """Events → windows of `width` twelfths (the last may be shorter); a note crossing a cut is cut
-    there and struck again in the next window."""
+    there and struck again in the next window. A last window shorter than `min_tail` joins the one
+    before it (a call that overruns its two bars by a beat is one window, not two)."""
     windows: list[list[Event]] = [[]]
+    carried: set[int] = set()  # windows that begin with the rest of a note cut at their start
     room = width
     for pitches, dur in events:
+        started = False
         while dur > 0:
             if room == 0:
                 windows.append([])
                 room = width
+                if started:
+                    carried.add(len(windows) - 1)
+            started = True
             take = min(dur, room)
             windows[-1].append((pitches, take))
             dur -= take
             room -= take
+    if len(windows) > 1 and sum(d for _, d in windows[-1]) < min_tail:
+        tail = windows.pop()
+        if len(windows) in carried:  # the note cut at the boundary is whole again
+            windows[-1][-1] = (tail[0][0], windows[-1][-1][1] + tail[0][1])
+            tail = tail[1:]
+        windows[-1] += tail
     return [w for w in windows if w]
 
 
@@ -111,8 +124,9 @@ class PhraseDecoder:
 class Variation:
     """One varied phrase, streamed event by event (an answer's event source in vary mode).
 
-    The first window is encoded when it is made (`encode_ms`), each later one when the decoder reaches
-    it (the answer is playing by then); each event costs two decoder steps."""
+    Every window is encoded when it is made (`encode_ms`), before any of the answer is scheduled: an
+    encode is ~4 ms of the engine thread, which in the middle of the answer would make sends late.
+    Each event then costs two decoder steps."""
 
     def __init__(self, vae: VAEModel, events: list[Event], sigma: float, seed: int) -> None:
         if sigma < 0:
@@ -121,21 +135,24 @@ class Variation:
         self.vae, self.sigma = vae, sigma
         self.width = vae.cfg.window_beats * TICKS
         self.gen = torch.Generator().manual_seed(seed)
-        self.windows = split_windows(events, self.width)
+        self.plans = [self._plan(w) for w in split_windows(events, self.width, vae.cfg.bar_beats * TICKS)]
         self.decoder: PhraseDecoder | None = self._start_window()
         self.encode_ms = (time.perf_counter() - started) * 1e3
         self.first_beat_ms: float | None = None  # compute: encoding + decoding the first beat
         self.decoded = 0  # twelfths
         self._busy_ms = self.encode_ms
 
-    def _start_window(self) -> PhraseDecoder | None:
-        """Encode the next window, move its μ by σ·ε, and start decoding it (None when none is left)."""
-        if not self.windows:
-            return None
-        window = self.windows.pop(0)
+    def _plan(self, window: list[Event]) -> tuple[Tensor, int]:
+        """A window's z' = μ + σ·ε and its length."""
         mu, _ = self.vae.encode(self.vae.vocab.encode(fill_window(window, self.width)))
-        z = mu + self.sigma * torch.randn(mu.shape, generator=self.gen)
-        return PhraseDecoder(self.vae, z, sum(d for _, d in window))
+        return mu + self.sigma * torch.randn(mu.shape, generator=self.gen), sum(d for _, d in window)
+
+    def _start_window(self) -> PhraseDecoder | None:
+        """Start decoding the next window (None when none is left)."""
+        if not self.plans:
+            return None
+        z, length = self.plans.pop(0)
+        return PhraseDecoder(self.vae, z, length)
 
     def sample_event(self) -> Event | None:
         """The next event of the variation, or None when it has its phrase's length."""
