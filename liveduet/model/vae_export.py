@@ -275,6 +275,7 @@ def render_vae_card(card: dict) -> str:
         f"| training | batch {t['batch']}, {t['optimizer']} lr {t['lr']} ({t['lr_schedule']}), "
         f"{_f(tr.get('steps'), '')} steps, {_f(tr.get('seconds'), '')} s on {_f(tr.get('device'), '')} "
         f"({_f(tr.get('stop_reason'), '')}), seed {_f(tr.get('seed'), '')} |",
+        f"| exported | the best validation ELBO: step {_f((card.get('checkpoint') or {}).get('global_step'), '')} |",
         f"| data | `{_f(data.get('folder'), '')}`: {', '.join(data.get('sources') or [])}; transpositions "
         f"{(data.get('settings') or {}).get('transpose')} |",
         f"| export parity | {_f(card.get('export_parity_max_abs'), '.1e')} (relative, scripted step vs eager) |",
