@@ -330,7 +330,8 @@ class Engine:
         """How far ahead of its first note an answer is planned, so that sampling the first event
         cannot make it late even on a loaded machine: the margin + a few recent worst-case steps."""
         recent = sorted(list(self.step_ms)[-200:])
-        return self.s.answer.start_margin_s + min(0.5, 4e-3 * (summary_pct(recent, 99) or 0.0))
+        return (self.s.answer.start_margin_s + min(0.5, 4e-3 * (summary_pct(recent, 99) or 0.0))
+                + (self.varier.margin_s() if self.mode == "vary" else 0.0))  # the call's encoding, first
 
     def _feed_gap(self, call: Call, start: float, first: int) -> None:
         """The model hears the silence between the call's last event and the answer as a rest, so

@@ -243,6 +243,13 @@ class Varier:
         a.source = self.current
         a.target = a.pos + sum(d for _, d in events)
 
+    def margin_s(self) -> float:
+        """How much earlier a varied answer must be planned: its encoding and first beat come before its
+        first note (1.5 x the recent worst, 30 ms before any was measured, at most 0.2 s)."""
+        self.note_timing()
+        recent = list(self.plan_ms)[-50:]
+        return min(0.2, 1.5e-3 * max(recent)) if recent else 0.03
+
     def note_timing(self) -> None:
         """Keep the last variation's encode + first-beat time (once its first beat was decoded)."""
         v = self.current
