@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_train_export import write_pieces
 
 from liveduet import cli
 from liveduet.errors import ModelLoadError
@@ -24,7 +25,6 @@ from liveduet.model.crnngan import (
     stat_gap,
 )
 from liveduet.music.tokens import BOS, EOS, TokenizerSettings, Vocabulary
-from tests.test_train_export import write_pieces
 
 SETTINGS = TokenizerSettings()
 SMALL = """
