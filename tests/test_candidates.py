@@ -123,7 +123,7 @@ class Costly:
 
 
 def test_k_candidates_never_delay_a_scheduled_note(runtime: ModelRuntime, critic_dir: Path) -> None:
-    from tests.test_live_engine import play, run_until
+    from test_live_engine import play, run_until
 
     clock = ManualClock(50.0)
     out = FakeOutput(clock)
