@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import statistics
 import threading
 from collections import deque
@@ -71,6 +72,16 @@ def percentile(sorted_xs: list[float], q: float) -> float:
     lo = int(pos)
     hi = min(lo + 1, len(sorted_xs) - 1)
     return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
+
+
+def realtime_priority(level: int = 1) -> bool:
+    """Ask the OS to run the calling thread under SCHED_FIFO (as JACK runs its own): a note due now
+    must not wait behind a view's or a model's Python for a core. Quietly False where not allowed."""
+    try:
+        os.sched_setscheduler(threading.get_native_id(), os.SCHED_FIFO, os.sched_param(level))
+    except (AttributeError, OSError):
+        return False
+    return True
 
 
 class Scheduler:
@@ -174,6 +185,7 @@ class Scheduler:
         self._thread.start()
 
     def _run(self) -> None:
+        realtime_priority()
         while True:
             try:
                 sent = self.run_due(limit=self.burst)
