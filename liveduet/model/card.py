@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from liveduet.fsutil import write_atomic
@@ -136,11 +137,12 @@ def render_live_evaluation(live: object) -> list[str]:
     return lines
 
 
-def update_card(model_dir: str | Path, **fields: object) -> dict:
-    """Add fields (e.g. evaluation=...) to an exported card and re-render card.md."""
+def update_card(model_dir: str | Path, render: Callable[[dict], str] | None = None, **fields: object) -> dict:
+    """Add fields (e.g. evaluation=...) to an exported card and re-render card.md (with the
+    family's own `render`; the language model's by default)."""
     model_dir = Path(model_dir)
     card = json.loads((model_dir / "card.json").read_text())
     card.update(fields)
     write_atomic(model_dir / "card.json", (json.dumps(card, indent=1) + "\n").encode())
-    write_atomic(model_dir / "card.md", render_card(card).encode())
+    write_atomic(model_dir / "card.md", (render or render_card)(card).encode())
     return card

@@ -134,12 +134,7 @@ def evaluate_gan(model_path: Path, data: Any, samples: int = 64, prime: int = 33
 
 def update_gan_card(model_path: Path, report: dict) -> None:
     """Put the evaluation on the GAN's card (card.json and card.md), checksum untouched."""
-    import json
-
-    from liveduet.fsutil import write_atomic
+    from liveduet.model.card import update_card
     from liveduet.model.crnngan_io import render_gan_card
 
-    card = json.loads((Path(model_path) / "card.json").read_text())
-    card["evaluation"] = report
-    write_atomic(Path(model_path) / "card.json", (json.dumps(card, indent=1) + "\n").encode())
-    write_atomic(Path(model_path) / "card.md", render_gan_card(card).encode())
+    update_card(model_path, render=render_gan_card, evaluation=report)

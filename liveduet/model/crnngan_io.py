@@ -11,19 +11,17 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from liveduet import __version__
 from liveduet.errors import LiveduetError, ModelLoadError
 from liveduet.model.card import sha256_of
 from liveduet.model.crnngan import FEATURES, Discriminator, GANConfig, Generator, features_to_events, piece_features
+from liveduet.model.export import finish_export, read_run_json, run_card_fields, stage_export
 from liveduet.music.tokens import Event, Vocabulary
 
 FORMAT = "liveduet-crnngan/1"
@@ -70,21 +68,11 @@ def export_gan(run_dir: Path, ckpt: dict, out: Path, force: bool, name: str | No
                "discriminator": (ckpt.get("modules") or {})["disc"]}
     gen, disc = _models(weights, cfg)  # fails here, not at load time, if the weights do not fit
     vocab = Vocabulary.load(run_dir / "vocab.json")
-    run_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
-    history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").exists() else []
+    run_info = read_run_json(run_dir, "run.json", {})
+    history = read_run_json(run_dir, "history.json", [])
 
-    tmp = out.with_name(out.name + ".tmp-export")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = stage_export(run_dir, out, vocab, ckpt["config"])
     torch.save(weights, tmp / FILE)
-    vocab.save(tmp / "vocab.json")
-    (tmp / "config.json").write_text(json.dumps(ckpt["config"], indent=1) + "\n")
-    for extra in ("loss.png", "history.json"):
-        if (run_dir / extra).exists():
-            shutil.copy2(run_dir / extra, tmp / extra)
-    summary = run_info.get("summary", {})
-    data_info = run_info.get("data_manifest") or {}
     best = min(history, key=lambda r: r.get("val_stat_gap", float("inf"))) if history else {}
     card = {
         "card_version": 1,
@@ -100,23 +88,10 @@ def export_gan(run_dir: Path, ckpt: dict, out: Path, force: bool, name: str | No
         "features": list(FEATURES),
         "vocab_fingerprint": vocab.fingerprint(),
         "best": {k: v for k, v in best.items() if isinstance(v, (int, float))},
-        "checkpoint": {"epoch": ckpt.get("epoch"), "step": ckpt.get("step"), "global_step": ckpt.get("global_step")},
-        "data": {"folder": run_info.get("data"), "sources": data_info.get("sources"),
-                 "settings": data_info.get("settings"), "counts": data_info.get("counts")},
-        "training": {"seconds": summary.get("train_seconds"), "stop_reason": summary.get("stop_reason"),
-                     "steps": summary.get("global_step"), "seed": run_info.get("seed"),
-                     "torch": run_info.get("torch")},
-        "reproduce": [*run_info.get("commands", []), f"liveduet export {run_dir} --out {out}"],
+        **run_card_fields(run_dir, out, ckpt, run_info),
         "evaluation": evaluation,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "liveduet_version": __version__,
     }
-    (tmp / "card.json").write_text(json.dumps(card, indent=1) + "\n")
-    (tmp / "card.md").write_text(render_gan_card(card))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return card
+    return finish_export(tmp, out, card, render_gan_card)
 
 
 def load_gan(path: str | Path) -> GANModel:

@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -125,7 +126,7 @@ def export_run(run_dir: str | Path, out: str | Path, force: bool = False, name: 
     vocab.check_compatible(str(ckpt.get("vocab_fingerprint")), f"the checkpoint {ckpt_path}")
     if out.exists() and any(out.iterdir()) and not force:
         raise LiveduetError(f"{out} exists (use --force to replace it)")
-    run_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    run_info = read_run_json(run_dir, "run.json", {})
 
     scripted = script_step_module(model)
     probe = torch.randint(3, len(vocab), (1, 64), generator=torch.Generator().manual_seed(0))
@@ -133,22 +134,11 @@ def export_run(run_dir: str | Path, out: str | Path, force: bool = False, name: 
     if worst > PARITY_TOLERANCE:
         raise LiveduetError(f"exported step differs from the trained model by {worst:.2e} (> {PARITY_TOLERANCE})")
 
-    tmp = out.with_name(out.name + ".tmp-export")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = stage_export(run_dir, out, vocab, ckpt["config"])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit.*")
         scripted.save(str(tmp / MODEL_FILE))
-    vocab.save(tmp / "vocab.json")
     config = ckpt["config"]
-    (tmp / "config.json").write_text(json.dumps(config, indent=1) + "\n")
-    for extra in ("loss.png", "history.json"):
-        if (run_dir / extra).exists():
-            shutil.copy2(run_dir / extra, tmp / extra)
-
-    summary = run_info.get("summary", {})
-    data_info = run_info.get("data_manifest") or {}
     val_nll = ckpt.get("val_nll")
     card = {
         "card_version": CARD_VERSION,
@@ -165,8 +155,44 @@ def export_run(run_dir: str | Path, out: str | Path, force: bool = False, name: 
         "vocab_size": len(vocab),
         "vocab_fingerprint": vocab.fingerprint(),
         "val_nll": None if val_nll is None else round(float(val_nll), 5),
-        "checkpoint": {"file": ckpt_path.name, "epoch": ckpt.get("epoch"), "step": ckpt.get("step"),
-                       "global_step": ckpt.get("global_step")},
+        **run_card_fields(run_dir, out, ckpt, run_info),
+        "export_parity_max_abs": worst,
+        "evaluation": evaluation,
+    }
+    card["checkpoint"] = {"file": ckpt_path.name, **card["checkpoint"]}
+    return finish_export(tmp, out, card, render_card)
+
+
+# -- what every family's exported folder shares ---------------------------------------------------
+
+def read_run_json(run_dir: Path, name: str, default: object) -> object:
+    """run.json / history.json of a run folder, or `default` where the run has none."""
+    path = run_dir / name
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def stage_export(run_dir: Path, out: Path, vocab: Vocabulary, config: dict) -> Path:
+    """A fresh `OUT.tmp-export` holding what every exported folder has besides its model file and
+    card: vocab.json, config.json and the run's curves. `finish_export` puts it in place."""
+    tmp = out.with_name(out.name + ".tmp-export")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    vocab.save(tmp / "vocab.json")
+    (tmp / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+    for extra in ("loss.png", "history.json"):
+        if (run_dir / extra).exists():
+            shutil.copy2(run_dir / extra, tmp / extra)
+    return tmp
+
+
+def run_card_fields(run_dir: Path, out: Path, ckpt: dict, run_info: dict) -> dict:
+    """The card fields every family fills the same way: which checkpoint, the data, how it was
+    trained, the commands that rebuild it, when and by which version."""
+    summary = run_info.get("summary", {})
+    data_info = run_info.get("data_manifest") or {}
+    return {
+        "checkpoint": {"epoch": ckpt.get("epoch"), "step": ckpt.get("step"), "global_step": ckpt.get("global_step")},
         "data": {"folder": run_info.get("data"), "sources": data_info.get("sources"),
                  "settings": data_info.get("settings"), "counts": data_info.get("counts")},
         "training": {"seconds": summary.get("train_seconds"), "epochs_done": summary.get("epochs_done"),
@@ -176,13 +202,15 @@ def export_run(run_dir: str | Path, out: str | Path, force: bool = False, name: 
         "reproduce": [c for c in [_prepare_command(data_info, run_info.get("data", "DATA")),
                                   *run_info.get("commands", []),
                                   f"liveduet export {run_dir} --out {out}"] if c],
-        "export_parity_max_abs": worst,
-        "evaluation": evaluation,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "liveduet_version": __version__,
     }
+
+
+def finish_export(tmp: Path, out: Path, card: dict, render: Callable[[dict], str]) -> dict:
+    """Write the card (JSON and its Markdown) into the staged folder and put it in place of `out`."""
     (tmp / "card.json").write_text(json.dumps(card, indent=1) + "\n")
-    (tmp / "card.md").write_text(render_card(card))
+    (tmp / "card.md").write_text(render(card))
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

@@ -15,10 +15,8 @@ answers every call alike: `check_not_collapsed` refuses it at export, and a test
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +26,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from liveduet import __version__
 from liveduet.errors import LiveduetError, ModelLoadError
-from liveduet.fsutil import write_atomic
-from liveduet.model.card import sha256_of
-from liveduet.model.export import _prepare_command
+from liveduet.model.card import sha256_of, update_card
+from liveduet.model.export import finish_export, read_run_json, run_card_fields, stage_export
 from liveduet.model.family import check_family
 from liveduet.model.vae import PhraseVAE, VAEConfig
 from liveduet.music.tokens import BOS, TICKS, Vocabulary
@@ -118,8 +114,8 @@ def export_vae(run_dir: Path, ckpt: dict, out: Path, force: bool, name: str | No
     model.eval()
     vocab = Vocabulary.load(run_dir / "vocab.json")
     vocab.check_compatible(str(ckpt.get("vocab_fingerprint")), f"the checkpoint in {run_dir}")
-    run_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
-    history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").exists() else []
+    run_info = read_run_json(run_dir, "run.json", {})
+    history = read_run_json(run_dir, "history.json", [])
     best = best_row(history)
     check_not_collapsed(best)
 
@@ -129,20 +125,10 @@ def export_vae(run_dir: Path, ckpt: dict, out: Path, force: bool, name: str | No
     if worst > PARITY_TOLERANCE:
         raise LiveduetError(f"exported VAE differs from the trained model by {worst:.2e} (> {PARITY_TOLERANCE})")
 
-    tmp = out.with_name(out.name + ".tmp-export")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = stage_export(run_dir, out, vocab, ckpt["config"])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         scripted.save(str(tmp / FILE))
-    vocab.save(tmp / "vocab.json")
-    (tmp / "config.json").write_text(json.dumps(ckpt["config"], indent=1) + "\n")
-    for extra in ("loss.png", "history.json"):
-        if (run_dir / extra).exists():
-            shutil.copy2(run_dir / extra, tmp / extra)
-    summary = run_info.get("summary", {})
-    data_info = run_info.get("data_manifest") or {}
     card = {
         "name": name or out.name, "family": "vae", "format": FORMAT, "file": FILE,
         "sha256": sha256_of(tmp / FILE), "size_bytes": (tmp / FILE).stat().st_size,
@@ -150,25 +136,11 @@ def export_vae(run_dir: Path, ckpt: dict, out: Path, force: bool, name: str | No
         "vocab_size": len(vocab), "vocab_fingerprint": vocab.fingerprint(),
         "reconstruction": {k: best.get(k) for k in ("val_elbo", "val_recon_nll", "val_kl", "val_tf_acc",
                                                     "val_greedy_acc", "active_units", "val_phrases", "step")},
-        "checkpoint": {"epoch": ckpt.get("epoch"), "step": ckpt.get("step"), "global_step": ckpt.get("global_step")},
-        "data": {"folder": run_info.get("data"), "sources": data_info.get("sources"),
-                 "settings": data_info.get("settings"), "counts": data_info.get("counts")},
-        "training": {"seconds": summary.get("train_seconds"), "epochs_done": summary.get("epochs_done"),
-                     "stop_reason": summary.get("stop_reason"), "steps": summary.get("global_step"),
-                     "seed": run_info.get("seed"), "device": run_info.get("device"), "torch": run_info.get("torch")},
-        "reproduce": [c for c in [_prepare_command(data_info, run_info.get("data", "DATA")),
-                                  *run_info.get("commands", []), f"liveduet export {run_dir} --out {out}"] if c],
+        **run_card_fields(run_dir, out, ckpt, run_info),
         "export_parity_max_abs": worst,
         "evaluation": evaluation,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "liveduet_version": __version__,
     }
-    (tmp / "card.json").write_text(json.dumps(card, indent=1) + "\n")
-    (tmp / "card.md").write_text(render_vae_card(card))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return card
+    return finish_export(tmp, out, card, render_vae_card)
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -347,9 +319,4 @@ def render_evaluation(ev: dict) -> list[str]:
 
 def update_vae_card(model_dir: str | Path, **fields: object) -> dict:
     """Add fields (e.g. evaluation=...) to an exported VAE card and re-render card.md."""
-    model_dir = Path(model_dir)
-    card = json.loads((model_dir / "card.json").read_text())
-    card.update(fields)
-    write_atomic(model_dir / "card.json", (json.dumps(card, indent=1) + "\n").encode())
-    write_atomic(model_dir / "card.md", render_vae_card(card).encode())
-    return card
+    return update_card(model_dir, render=render_vae_card, **fields)
