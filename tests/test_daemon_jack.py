@@ -165,6 +165,11 @@ def test_kill_9_then_recover_gives_a_readable_file(ports, tmp_path):
     time.sleep(1.5)  # the journal is flushed at least every second
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
+    # The sender process outlives the daemon by a moment and closes every note it opened.
+    deadline = time.monotonic() + 5
+    while open_notes(synth.messages()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not open_notes(synth.messages()), "a killed daemon leaves no stuck note"
     journal = journal_path(tmp_path / "session.mid")
     assert journal.exists() and not (tmp_path / "session.mid").exists()
     out = tmp_path / "recovered.mid"

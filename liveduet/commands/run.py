@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--web-token", metavar="SECRET", help="a secret the live page must present (required off localhost)")
     p.add_argument("--duration", type=float, help="end the session after this many seconds")
     p.add_argument("--seed", type=int, help="random seed for repeatable answers")
+    p.add_argument("--sender", choices=["process", "thread"], default="process",
+                   help="send answers from their own process (default: the model and the views never make a "
+                   "note late) or from a thread of the daemon")
     p.set_defaults(func=run)
 
 
@@ -115,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
     sampler = answer_sampler(runtime, settings.answer, seed=args.seed)
     backend = ports.get_backend(args.backend) if not file_input or args.out else None
     options = DuetOptions(inp=args.inp, out=args.out, virtual=args.virtual, record=args.record, force=args.force,
-                          stats=args.stats, duration=args.duration, seed=args.seed, plain=args.no_dashboard)
+                          stats=args.stats, duration=args.duration, seed=args.seed, plain=args.no_dashboard,
+                          sender=args.sender)
     views = [v for v in (web, None if args.no_dashboard else _dashboard()) if v is not None]
     return Duet(settings, runtime.vocab, sampler, options, backend=backend, player_events=player_events, say=say,
                 view=views).run()

@@ -70,6 +70,22 @@ def quiet_c_stderr():
         os.close(saved)
 
 
+def backend_module(backend: Any) -> str | None:
+    """The module string that opens `backend` again in another process (`get_backend_module`), or
+    None for a backend that is not rtmidi's (a fake)."""
+    if not (isinstance(backend, mido.Backend) and backend.name.startswith(DEFAULT_BACKEND)):
+        return None
+    return f"{backend.name}/{backend.api}" if backend.api else backend.name
+
+
+def get_backend_module(module: str) -> mido.Backend:
+    """The mido backend named by its module string (`backend_module`'s)."""
+    try:
+        return mido.Backend(module, load=True)
+    except (ImportError, ValueError) as err:
+        raise MidiBackendError(f"cannot load MIDI backend {module!r}: {err}") from err
+
+
 def backend_label(backend: mido.Backend) -> str:
     """A short name for messages: "jack", "alsa", or the mido module string."""
     for label, module in BACKENDS.items():

@@ -76,6 +76,7 @@ class DuetOptions:
     duration: float | None = None  # end after this many seconds
     seed: int | None = None
     plain: bool = False  # no dashboard: log lines and the summary on stdout
+    sender: str = "process"  # "process": answers go out from live/sender_child.py; "thread": from this one
 
 
 class View(Protocol):
@@ -128,6 +129,7 @@ class Duet:
         self._listening = False  # open() got through: from here on the session counts
         self._out_port: Any = None  # as opened; the session holds the current one (hot-plug swaps it)
         self._input: Any = None  # the input port held now (hot-plug swaps it)
+        self._sender: Any = None  # the sender process, when answers go out from one
         self._started_at = 0.0
         self._next_poll = 0.0
         self._player_due: float | None = None
@@ -156,6 +158,7 @@ class Duet:
         with contextlib.ExitStack() as stack:
             self._handle_signals(stack)
             self._open_recording(stack)
+            self._start_sender(stack)
             self._open_output(stack)
             self._start_session(stack)
             self._open_input(stack)
@@ -247,10 +250,26 @@ class Duet:
         else:
             self.say(line)
 
+    def _start_sender(self, stack: contextlib.ExitStack) -> None:
+        """The sender process (live/sender.py) for a real port: the model and the views run here, the
+        notes go out from there. Fakes and simulated time keep the scheduler on a thread."""
+        module = ports.backend_module(self.backend)
+        if not (self.threads and self.options.out and module and self.options.sender == "process"):
+            return
+        from liveduet.live.sender import SenderProcess
+
+        self._sender = SenderProcess(module, self.clock, on_warning=self.say)
+        stack.callback(self._sender.close)  # last of all: after the session's stop and the port's close
+
+    def _open_port(self, name: str, virtual: bool = False) -> Any:
+        if self._sender is not None:
+            return self._sender.open_output(name, virtual)
+        return ports.open_output(self.backend, name, virtual=virtual)
+
     def _open_output(self, stack: contextlib.ExitStack) -> None:
         if not self.options.out:
             return
-        self._out_port = ports.open_output(self.backend, self.options.out, virtual=self.options.virtual)
+        self._out_port = self._open_port(self.options.out, virtual=self.options.virtual)
         stack.callback(self._close_output)
 
     def _close_output(self) -> None:
@@ -263,7 +282,8 @@ class Duet:
         try:
             session = Session(self.settings, self.vocab, self.sampler, self.clock, self.recorder, o.stats, self.say,
                               o.seed, input_name=o.inp,
-                              output_name=getattr(self._out_port, "name", "") if self._out_port else "(none)")
+                              output_name=getattr(self._out_port, "name", "") if self._out_port else "(none)",
+                              sender=self._sender)
         except OSError as err:  # the --stats file, checked by `run`, went away since
             raise OutputPathError(f"cannot open --stats {o.stats}: {os_error_line(err)}") from err
         self.session = session
@@ -319,7 +339,7 @@ class Duet:
                 old = session.take_output()  # nothing sends on it once detached
                 if old is not None:
                     old.close()
-                session.set_output(ports.open_output(self.backend, name), name)
+                session.set_output(self._open_port(name), name)
             else:
                 # The connection died with the device (JACK and ALSA alike): open anew, then close the
                 # old port; the listener is the same, so nothing downstream notices.

@@ -92,6 +92,7 @@ class Scheduler:
         send: Callable[[mido.Message], None],
         clock: Clock | None = None,
         on_sent: OnSent | None = None,
+        on_late: Callable[[float], None] | None = None,
         burst: int = BURST,
         pause: float = PAUSE_S,
         max_samples: int = 10_000,
@@ -99,6 +100,7 @@ class Scheduler:
         self._send = send
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._on_sent = on_sent
+        self._on_late = on_late  # each lateness sample (the sender process reports them to the daemon)
         self.burst = burst
         self.pause = pause
 
@@ -315,7 +317,7 @@ class Scheduler:
             actual = self._emit(msg, due, report=tag != THRU_TAG, wire=wire)
             self._open[key] = tag
             if measure:
-                self._lateness.append(actual - due)
+                self._measured(actual - due)
             return out + 1
         if msg.type == "note_off":
             key = (msg.channel, msg.note)
@@ -333,8 +335,13 @@ class Scheduler:
                 self._pedal.pop(msg.channel, None)
         actual = self._emit(msg, due, report=tag != THRU_TAG, wire=wire)
         if measure:
-            self._lateness.append(actual - due)
+            self._measured(actual - due)
         return 1
+
+    def _measured(self, late: float) -> None:
+        self._lateness.append(late)
+        if self._on_late is not None:
+            self._on_late(late)
 
     def _closer(self) -> Callable[[mido.Message], None]:
         """A sender for closing messages that reports all but note-offs of the player's (thru) notes."""

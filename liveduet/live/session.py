@@ -85,6 +85,7 @@ class Session:
         seed: int | None = None,
         input_name: str = "",
         output_name: str = "",
+        sender: Any = None,
     ) -> None:
         self.settings = settings
         self.clock: Clock = clock or MonotonicClock()
@@ -100,7 +101,13 @@ class Session:
         # MIDI clock (when followed) goes to the engine thread; the rtmidi thread only enqueues.
         on_clock = (lambda t, m: self._to_engine.offer(t, m)) if settings.tempo.follow_clock else None
         self.listener = Listener(self.clock, on_clock=on_clock)
-        self.scheduler = Scheduler(self._send, self.clock, on_sent=self._on_sent)
+        # The sender process (live/sender.py) when the duet has one: the same interface, the notes
+        # sent by another interpreter. Else a thread here (tests, simulated time, fake backends).
+        self.scheduler: Any = sender or Scheduler(self._send, self.clock, on_sent=self._on_sent)
+        self._remote = sender is not None
+        if sender is not None:
+            sender.on_sent = self._on_sent
+            sender.on_warning = self.warn
         self._stats = open(stats_path, "a", encoding="utf-8") if stats_path else None  # noqa: SIM115
         self.engine = Engine(settings, vocab, sampler, self.scheduler, log=log, on_answer=self._on_answer, seed=seed,
                              clock=self.clock)
@@ -121,11 +128,15 @@ class Session:
             self._out = port
             if name:
                 self.output_name = name
+            if self._remote:
+                self.scheduler.use_output(port)
 
     def take_output(self) -> Any:
         """Detach and return the output port, so it can be closed with nothing sending on it."""
         with self._out_lock:
             port, self._out = self._out, None
+            if self._remote and port is not None:
+                self.scheduler.use_output(None)
             return port
 
     def _send(self, msg: mido.Message) -> None:
