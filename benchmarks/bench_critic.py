@@ -119,7 +119,7 @@ def live(args: argparse.Namespace) -> dict:
     sys.path.insert(0, str(ROOT / "tests"))
     import jack_util
     import mido
-    from bench_live import JACK, PERIOD_MS, latency_run, merge, play, port_ending, start, stop
+    from bench_live import JACK, PERIOD_MS, floor, latency_run, merge, play, pooled, port_ending, start, stop
     from jack_util import corpus_phrase
 
     if not jack_util.have_jackd():
@@ -128,17 +128,20 @@ def live(args: argparse.Namespace) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="bench-critic-"))
     result: dict = {"jack_period_ms": round(PERIOD_MS, 3)}
     try:
+        result["machine_floor"] = floor(20.0)
         ref = start([sys.executable, "-c", __import__("bench_live").THRU])
         result["reference_python_thru"] = merge([latency_run(port_ending(":ref-in"), port_ending(":ref-out"),
                                                              args.probes) for _ in range(args.rounds)])
         stop(ref)
-        for k in args.ks:
+        for k, sender in [(k, s) for k in args.ks for s in args.senders]:
+            name = f"K={k}/{sender}"
             cfg = tmp / f"k{k}.toml"
             cfg.write_text(f"[answer]\nmin_beats = 12.0\nmax_beats = 12.0\ncandidates = {k}\n")
-            stats = tmp / f"stats{k}.jsonl"
+            stats = tmp / f"stats{k}-{sender}.jsonl"
             daemon = start([sys.executable, "-m", "liveduet", "run", "--backend", "jack", "--virtual", "--in",
                             f"critic{k}-in", "--out", f"critic{k}-out", "--model", str(args.model), "--no-dashboard",
-                            "--tempo", "120", "--config", str(cfg), "--stats", str(stats), "--seed", "1"])
+                            "--tempo", "120", "--config", str(cfg), "--stats", str(stats), "--seed", "1",
+                            "--sender", sender])
             into, back = port_ending(f":critic{k}-in"), port_ending(f":critic{k}-out")
             time.sleep(3)
             keyboard = mido.Backend(JACK).open_output(f"critic{k}-keyboard", virtual=True)
@@ -157,16 +160,18 @@ def live(args: argparse.Namespace) -> dict:
             answers = [json.loads(line) for line in stats.read_text().splitlines() if line.strip()]
             row = {"thru_while_answering": merge(runs),
                    "answers": [{key: a.get(key) for key in ("first_late_ms", "late_ms_p50", "late_ms_p99",
-                                                            "late_ms_max", "step_ms_p50", "step_ms_p99", "messages")}
+                                                            "late_ms_max", "step_ms_p50", "step_ms_p99", "messages",
+                                                            "late_ms")}
                                for a in answers]}
             p99s = [a["late_ms_p99"] or 0.0 for a in answers]
             row["scheduler_late_ms_p99_max"] = max(p99s) if p99s else None
+            row["pooled"] = pooled(answers)
             ref_hi = result["reference_python_thru"].get("highest_ms")
             hi = row["thru_while_answering"].get("highest_ms")
             if hi is not None and ref_hi is not None:
                 row["thru_highest_above_reference_ms"] = round(hi - ref_hi, 3)
-            result[f"K={k}"] = row
-            print(f"K={k}", json.dumps({x: row.get(x) for x in ("scheduler_late_ms_p99_max",
+            result[name] = row
+            print(name, json.dumps({x: row.get(x) for x in ("pooled", "scheduler_late_ms_p99_max",
                                                                   "thru_highest_above_reference_ms")}), flush=True)
         import os
 
@@ -188,6 +193,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--probes", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--senders", nargs="+", default=["process", "thread"], choices=["process", "thread"],
+                    help="live: `run --sender` choices, side by side")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     if args.what == "live" and args.ks == [1, 2, 4, 8]:

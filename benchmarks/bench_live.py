@@ -90,7 +90,10 @@ def _latency_once(into: str, back_from: str, probes: int) -> dict:
 def merge(runs: list[dict]) -> dict:
     # Only complete runs count: the tool's figures for a run it gave up on are garbage (its highest
     # latency wraps to 2**64 ns when a probe never returns).
-    ok = [r for r in runs if r["average_ms"] is not None and r["received"] == r["sent"]]
+    # A complete run can still report a wrapped highest (1.8e16 ms was seen): no probe that came
+    # back took a second, so such a run's figures are dropped too and counted.
+    ok = [r for r in runs if r["average_ms"] is not None and r["received"] == r["sent"]
+          and (r["highest_ms"] or 0.0) < 1000.0]
     if not ok:
         return {"runs": runs}
     return {
@@ -100,7 +103,47 @@ def merge(runs: list[dict]) -> dict:
         "avg_jitter_ms": round(statistics.fmean(r["avg_jitter_ms"] for r in ok), 3),
         "probes_sent": sum(r["sent"] for r in ok), "probes_received": sum(r["received"] for r in ok),
         "runs": len(ok), "aborted_runs": sum(r["aborted_runs"] for r in runs),
+        "garbled_runs": sum(1 for r in runs if r["average_ms"] is not None and r["received"] == r["sent"]
+                            and (r["highest_ms"] or 0.0) >= 1000.0),
     }
+
+
+FLOOR = """
+import json, os, sys, time
+try:
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+except OSError:
+    pass
+late, t = [], time.perf_counter()
+for _ in range(int(sys.argv[1])):
+    t += 0.01
+    if t - time.perf_counter() > 0.001:
+        time.sleep(t - time.perf_counter() - 0.001)
+    while time.perf_counter() < t:
+        time.sleep(0)
+    late.append((time.perf_counter() - t) * 1e3)
+print(json.dumps(late))
+"""
+
+
+def pooled(answers: list[dict]) -> dict:
+    """Lateness over every answer message of a run (the stats lines' `late_ms`), as one distribution:
+    a 50-message answer's own p99 is nearly its maximum, so the issue's p99 is read over the pool."""
+    xs = sorted(x for a in answers for x in (a.get("late_ms") or []))
+    if not xs:
+        return {"messages": 0}
+    at = lambda q: round(xs[min(len(xs) - 1, int(q * (len(xs) - 1) + 0.5))], 3)  # noqa: E731
+    return {"messages": len(xs), "p50_ms": at(0.5), "p99_ms": at(0.99), "p999_ms": at(0.999), "max_ms": xs[-1],
+            "over_1ms": sum(x > 1.0 for x in xs)}
+
+
+def floor(seconds: float) -> dict:
+    """The machine's own floor: a SCHED_FIFO process that does nothing but wake every 10 ms (sleep to
+    1 ms before, then spin, as the sender does) — how late can anything here be? On a VM, stolen time
+    shows up as multi-millisecond stalls no program can avoid."""
+    done = subprocess.run([sys.executable, "-c", FLOOR, str(int(seconds * 100))], capture_output=True, text=True,
+                          timeout=seconds + 30)
+    return pooled([{"late_ms": [round(x, 3) for x in json.loads(done.stdout)]}])
 
 
 def start(cmd: list[str]) -> subprocess.Popen:

@@ -2,7 +2,9 @@
 (--no-dashboard), the web page open (--web, a websocket client pulling every frame and sending a
 control now and then, as the page does), the Rich dashboard drawing on a terminal (a pty of 120x40),
 and both; `dashboard-thread` is the dashboard drawn on a thread of the daemon, as before
-ui/screen.py (LIVEDUET_DRAW=thread). Writes JSON.
+ui/screen.py (LIVEDUET_DRAW=thread). Each view runs with each `--senders` choice of `run --sender`:
+`process` (the notes go out from the sender process, live/sender_child.py) and `thread` (from a
+thread of the daemon, as before), side by side in one run. Writes JSON.
 
 For each view: the scheduler's answer lateness (p50/p99/max per answer, from the daemon's --stats)
 and thru latency probed during the answers by `jack_midi_latency_test` (as bench_live does). The
@@ -49,12 +51,12 @@ def free_port() -> int:
 class Daemon:
     """`liveduet run` with virtual JACK ports and the view asked for; the dashboard draws on a pty."""
 
-    def __init__(self, view: str, model: str, tmp: Path, stats: Path, nice: int = 0) -> None:
+    def __init__(self, view: str, model: str, tmp: Path, stats: Path, nice: int = 0, sender: str = "process") -> None:
         cfg = tmp / "bench.toml"
         cfg.write_text("[answer]\nmin_beats = 12.0\nmax_beats = 12.0\n")
         cmd = [sys.executable, "-m", "liveduet", "run", "--backend", "jack", "--virtual", "--in", "liveduet-in",
                "--out", "liveduet-out", "--model", model, "--tempo", "120", "--config", str(cfg),
-               "--stats", str(stats), "--seed", "1"]
+               "--stats", str(stats), "--seed", "1", "--sender", sender]
         self.port = None
         if view in ("web", "both"):
             self.port = free_port()
@@ -130,9 +132,9 @@ class PageClient:
         self.thread.join(3)
 
 
-def run_view(view: str, args: argparse.Namespace, tmp: Path) -> dict:
+def run_view(view: str, sender: str, args: argparse.Namespace, tmp: Path) -> dict:
     stats = tmp / f"stats-{view}-{time.monotonic_ns()}.jsonl"
-    daemon = Daemon(view, args.model, tmp, stats, args.nice)
+    daemon = Daemon(view, args.model, tmp, stats, args.nice, sender)
     page = None
     try:
         into, back = port_ending(":liveduet-in"), port_ending(":liveduet-out")
@@ -155,7 +157,7 @@ def run_view(view: str, args: argparse.Namespace, tmp: Path) -> dict:
             page.close()
         daemon.stop()
     answers = [json.loads(line) for line in stats.read_text().splitlines() if line.strip()]
-    return {"answers": [{k: a.get(k) for k in ("late_ms_p50", "late_ms_p99", "late_ms_max", "messages")}
+    return {"answers": [{k: a.get(k) for k in ("late_ms_p50", "late_ms_p99", "late_ms_max", "messages", "late_ms")}
                         for a in answers], "thru_during_answers": merge(probes), "page_frames": frames}
 
 
@@ -167,6 +169,7 @@ def summary(runs: list[dict]) -> dict:
             if "highest_ms" in r["thru_during_answers"] and r["thru_during_answers"]["highest_ms"] < 1000]
     return {
         "answers": len(answers),
+        "pooled": bench_live.pooled(answers),
         "late_ms_p99_median": round(statistics.median(p99), 3) if p99 else None,
         "late_ms_p99_max": round(max(p99), 3) if p99 else None,
         "late_ms_p50_median": (round(statistics.median(a["late_ms_p50"] or 0.0 for a in answers), 3)
@@ -182,6 +185,7 @@ def main() -> None:
     ap.add_argument("--model", default=str(ROOT / "models" / "default"))
     ap.add_argument("--out", type=Path)
     ap.add_argument("--views", default=",".join(VIEWS), help=f"comma-separated, of {', '.join(VIEWS)}")
+    ap.add_argument("--senders", default="process,thread", help="comma-separated `run --sender` choices")
     ap.add_argument("--rounds", type=int, default=4, help="answers per view and repeat")
     ap.add_argument("--repeats", type=int, default=2, help="times the whole order of views runs")
     ap.add_argument("--probes", type=int, default=200, help="thru probes per answer")
@@ -193,24 +197,30 @@ def main() -> None:
         sys.exit("jackd not installed: apt-get install --no-install-recommends jackd2")
     server = None if jack_util.jack_running() else jack_util.start_jackd()
     tmp = Path(tempfile.mkdtemp(prefix="bench-studio-"))
-    runs: dict[str, list[dict]] = {v: [] for v in views}
+    senders = [s for s in args.senders.split(",") if s]
+    runs: dict[str, list[dict]] = {f"{v}/{s}": [] for v in views for s in senders}
     try:
+        floors = []
         for _ in range(args.repeats):
+            floors.append(bench_live.floor(20.0))
             for view in views:
-                runs[view].append(run_view(view, args, tmp))
+                for sender in senders:
+                    runs[f"{view}/{sender}"].append(run_view(view, sender, args, tmp))
     finally:
         if server is not None:
             jack_util.stop_jackd(server)
     result = {
         "what": "answer lateness (scheduler, per answer) and thru latency during answers, by view",
-        "views": {v: {**summary(r), "page_frames": [x["page_frames"] for x in r] if v in ("web", "both") else None}
+        "views": {v: {**summary(r), "page_frames": [x["page_frames"] for x in r]
+                      if v.split("/")[0] in ("web", "both") else None}
                   for v, r in runs.items()},
         "rounds": args.rounds, "repeats": args.repeats, "probes_per_answer": args.probes, "nice": args.nice,
-        "target_late_ms_p99": 1.0, "load_average": os.getloadavg(),
+        "target_late_ms_p99": 1.0, "load_average": os.getloadavg(), "machine_floor": floors,
         "runs": runs,
     }
     text = json.dumps(result, indent=1)
-    print(json.dumps(result["views"], indent=1))
+    print(json.dumps({"floor": floors, **{v: {k: x[k] for k in ("pooled", "thru_average_ms", "thru_highest_ms")}
+                                          for v, x in result["views"].items()}}, indent=1))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")

@@ -100,9 +100,10 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from liveduet.io import ports
-    from liveduet.live.duet import Duet, DuetOptions, logger
+    from liveduet.live.duet import Duet, DuetOptions
     from liveduet.live.fileplayer import load_player_file
     from liveduet.live.session import answer_sampler
+    from liveduet.live.summary import logger
     from liveduet.model.runtime import ModelRuntime, default_model_dir
 
     settings = _settings(args)

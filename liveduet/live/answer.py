@@ -225,6 +225,7 @@ def answer_stats(a: Answer, stopped: bool, bpm: float, call_tokens: int) -> dict
         "late_ms_p50": summary_pct(late, 50, 1e3),
         "late_ms_p99": summary_pct(late, 99, 1e3),
         "late_ms_max": round(late[-1] * 1e3, 3) if late else None,
+        "late_ms": [round(x * 1e3, 3) for x in a.lateness],  # every message, in order: pool answers for a p99
         "messages": len(late),
     }
 

@@ -4,7 +4,8 @@ in which it lets go, written once.
     open()    each step registers its own undo on one ExitStack, in this order:
                 signal handlers      SIGINT / SIGTERM → stop()
                 recording            (--record)
-                output port          (--out)
+                sender process       (a real --out: live/sender.py; the notes go out from there)
+                output port          (--out, held by the sender process when there is one)
                 session              its threads started (live/session.py)
                 input port           (--in PORT)
                 port watchers        hot-plug: the ports opened, by their exact names
@@ -14,7 +15,8 @@ in which it lets go, written once.
               file input has been played and answered
     close()   undoes the steps in reverse: the producers stop (file player, view, watchers, input
               port), the session stops (threads joined, every open note closed), the output port
-              closes, the recording is finished, the signal handlers are restored; then the summary.
+              closes, the sender process ends, the recording is finished, the signal handlers are
+              restored; then the summary.
 
 Invariant: nothing sends on a port after it is closed (a send on a closed rtmidi JACK port kills the
 process) and nothing is recorded after the recording is finished. A start that fails half way
@@ -30,9 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,19 +48,13 @@ from liveduet.live.fileplayer import FilePlayer
 from liveduet.live.recorder import Recorder
 from liveduet.live.session import Session
 from liveduet.live.settings import LiveSettings
+from liveduet.live.summary import logger, print_summary
 from liveduet.music.tokens import Vocabulary
 
 POLL_S = 0.1  # with threads: how often `wait` looks at the end conditions
 STEP_S = 0.005  # without threads: the longest step of simulated time (the engine thread's wait while busy)
 LAST_NOTES_S = 0.3  # a file input played and answered: the last note-offs go out before the end
 WATCH_INTERVAL_S = 1.5  # hot-plug polling (listing ports costs ~50 ms on JACK: a thread, never the hot path)
-SUMMARY_LABELS = {
-    "duration_s": "duration (s)", "calls": "calls", "answers": "answers", "notes_heard": "notes heard",
-    "notes_played": "notes played", "model_step_ms_p50": "model step p50 (ms)",
-    "model_step_ms_p99": "model step p99 (ms)", "answer_late_ms_p99": "answer lateness p99 (ms)",
-    "answer_late_ms_max": "answer lateness max (ms)", "events_dropped": "input events dropped",
-    "events_skipped": "events skipped by engine",
-}
 
 
 @dataclass(frozen=True)
@@ -440,29 +434,3 @@ def finish_recording(recorder: Recorder, bpm: float | None, say: Callable[[str],
     else:
         say(f"recorded {path}")
     return 0
-
-
-def print_summary(summary: dict, record: Path | None, plain: bool, console: Any = None) -> None:
-    """The figures a player wants at the end, as a table: on stderr under the dashboard, else stdout."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="liveduet session", show_header=False, box=None)
-    table.add_column(style="bold")
-    table.add_column(justify="right")
-    for key, label in SUMMARY_LABELS.items():
-        table.add_row(label, "-" if summary.get(key) is None else str(summary[key]))
-    if record:
-        table.add_row("recording", str(record))
-    (console or Console(stderr=not plain, highlight=False)).print(table)
-
-
-def logger(plain: bool) -> Callable[[str], None]:
-    """Log lines stamped with the seconds since start: stdout without the dashboard, else stderr
-    (which the dashboard shows in its log panel)."""
-    start = time.monotonic()
-
-    def say(line: str) -> None:
-        print(f"[{time.monotonic() - start:7.2f}] {line}", file=sys.stderr if not plain else sys.stdout, flush=True)
-
-    return say

@@ -32,6 +32,7 @@ import mido
 
 HEADER = struct.Struct("<I")
 MAX_FRAME = 1 << 20
+SPIN_S = 0.001  # the scheduler spins this last stretch before a due time (~1 % of a core at 8 notes/s)
 
 
 def write_frame(out: BinaryIO, obj: Any) -> None:
@@ -113,8 +114,12 @@ def serve(backend_module: str, inp: BinaryIO, out: BinaryIO) -> None:
     """Run until stdin ends; see the module doc."""
     from liveduet.errors import LiveduetError
     from liveduet.io import ports
-    from liveduet.live.scheduler import Scheduler
+    from liveduet.live.scheduler import Scheduler, realtime_priority
 
+    # Every thread here under SCHED_FIFO (they inherit it): one that held the GIL and was preempted
+    # by a busy core's ordinary work would make the scheduler thread wait behind it for milliseconds.
+    realtime_priority()
+    sys.setswitchinterval(0.0002)
     backend = ports.get_backend_module(backend_module)
     held: dict[int, Any] = {}
     current: list[Any] = [None]
@@ -127,7 +132,7 @@ def serve(backend_module: str, inp: BinaryIO, out: BinaryIO) -> None:
 
     reports: Reports
     sched = Scheduler(send, on_sent=lambda m, due, actual: reports.sent(m, due, actual),
-                      on_late=lambda x: reports.late(x))
+                      on_late=lambda x: reports.late(x), spin=SPIN_S)
     reports = Reports(out, lambda: (sched.sent, sched.retriggers, sched.stray_note_offs, sched.errors))
     sched.start()
     try:

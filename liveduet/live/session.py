@@ -4,12 +4,15 @@
       └─ router thread: thru to the output at once, record, hand to the engine (a bounded Gate:
            │  under a flood the engine skips note-ons, never what ends a sound)
            └─ engine thread: tokenizer → model step → answer plan → Scheduler heap
-                └─ scheduler thread: absolute due times → output port → recorder
+                └─ scheduler: absolute due times → output port → (reports) → recorder
 
-Model work happens on the engine thread only, so the player's own notes (thru) never wait for it;
-a short interpreter switch interval keeps the GIL from holding them up either (see README, figures
-in benchmarks/). Shutdown order matters: producers stop before ports close (sending on a closed
-rtmidi JACK port crashes the process), and the scheduler's panic closes every note first.
+With a real output port the scheduler lives in the sender process (live/sender.py): its own
+interpreter, so the model, the candidates, the VAE and the views here can never make a note late;
+with fakes and simulated time it is a thread here. Model work happens on the engine thread only, so
+the player's own notes (thru) never wait for it; a short interpreter switch interval keeps the GIL
+from holding them up either (see README, figures in benchmarks/). Shutdown order matters:
+producers stop before ports close (sending on a closed rtmidi JACK port crashes the process), and
+the scheduler's panic closes every note first.
 """
 
 from __future__ import annotations
