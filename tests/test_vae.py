@@ -10,12 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-from liveduet.errors import LiveduetError, ModelLoadError
+from liveduet.errors import ConfigError, LiveduetError, ModelLoadError
 from liveduet.model.export import export_run
 from liveduet.model.runtime import ModelRuntime
 from liveduet.model.train import TrainRequest, train
-from liveduet.model.vae import PhraseVAE, VAEConfig, cut_phrases, pack_phrases, reconstruction_metrics
-from liveduet.model.vae_export import check_not_collapsed, check_parity, load_vae, script_vae
+from liveduet.model.vae import (
+    PhraseVAE,
+    VAEConfig,
+    cut_phrases,
+    duration_table,
+    input_positions,
+    pack_phrases,
+)
+from liveduet.model.vae_eval import reconstruction_metrics
+from liveduet.model.vae_export import FORMAT, best_row, check_not_collapsed, check_parity, load_vae, script_vae
 from liveduet.music.dataset import write_dataset
 from liveduet.music.tokens import BOS, EOS, TICKS, TokenizerSettings, Vocabulary
 
@@ -90,9 +98,10 @@ def test_training_through_the_one_loop_then_export_and_load(tmp_path: Path):
     (tmp_path / "vae.toml").write_text(TINY)
     torch.set_num_threads(1)
     summary = train(TrainRequest(data=data, out=tmp_path / "run", config=tmp_path / "vae.toml", quiet=True))
-    assert summary["val_key"] == "val_elbo" and summary["global_step"] > 0
+    assert summary["val_key"] == "val_select" and summary["global_step"] > 0
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     row = history[-1]
+    assert row["val_select"] == row["val_elbo"], "select = 'elbo' by default"
     for key in ("val_elbo", "val_kl", "val_tf_acc", "val_greedy_acc", "active_units", "train_loss", "kl"):
         assert key in row, key
     assert (tmp_path / "run" / "loss.png").exists()
@@ -115,17 +124,26 @@ def test_a_language_model_folder_is_not_a_vae():
 def test_a_damaged_vae_file_is_refused(tmp_path: Path):
     vae_dir = tmp_path / "vary"
     vae_dir.mkdir()
-    (vae_dir / "card.json").write_text(json.dumps({"family": "vae", "format": "liveduet-vae/1", "sha256": "0"}))
+    (vae_dir / "card.json").write_text(json.dumps({"family": "vae", "format": FORMAT, "sha256": "0"}))
     (vae_dir / "vae.ts").write_bytes(b"junk")
     with pytest.raises(ModelLoadError, match="checksum"):
         load_vae(vae_dir)
 
 
-def test_export_parity_of_the_scripted_step():
+@pytest.mark.parametrize("position_embed", [0, 8])
+def test_export_parity_of_the_scripted_step(position_embed: int):
     torch.manual_seed(0)
-    model = PhraseVAE(VAEConfig(vocab_size=len(VOCAB), embed=16, enc_hidden=16, dec_hidden=24, z_dim=8)).eval()
+    model = PhraseVAE(VAEConfig(vocab_size=len(VOCAB), embed=16, enc_hidden=16, dec_hidden=24, z_dim=8,
+                                position_embed=position_embed)).eval()
     tokens = torch.tensor([VOCAB.encode(tune(1)[:12])])
-    assert check_parity(model, script_vae(model), tokens) < 1e-5
+    assert check_parity(model, script_vae(model), tokens, duration_table(VOCAB)) < 1e-5
+
+
+def test_decoder_positions_count_the_twelfths_read():
+    events = [((60,), 6), ((62,), 18), ((), 12)]
+    dec_in = torch.tensor([[BOS, *VOCAB.encode(events)]])
+    # <bos> 0; after 60: still 0; after its 6: 6; after 62: 6; after 18: 24; rest: 24; after 12: 36 → clamped
+    assert input_positions(dec_in, duration_table(VOCAB), 30).tolist() == [[0, 0, 6, 6, 24, 24, 30]]
 
 
 def test_a_collapsed_vae_fails():
@@ -137,12 +155,33 @@ def test_a_collapsed_vae_fails():
     masks = torch.from_numpy(VOCAB.pitch_mask), torch.from_numpy(VOCAB.duration_mask)
     with torch.no_grad():  # an encoder whose μ moves with the phrase
         model.to_posterior.weight.mul_(30)
-    healthy = reconstruction_metrics(model, phrases, *masks, cfg.active_threshold, torch.device("cpu"))
+    healthy = reconstruction_metrics(model, phrases, *masks, cfg.active_threshold, torch.device("cpu"),
+                                     duration_table(VOCAB))
     check_not_collapsed(healthy)
     with torch.no_grad():  # collapse: the posterior is N(0, I) whatever the phrase
         model.to_posterior.weight.zero_()
         model.to_posterior.bias.zero_()
-    collapsed = reconstruction_metrics(model, phrases, *masks, cfg.active_threshold, torch.device("cpu"))
+    collapsed = reconstruction_metrics(model, phrases, *masks, cfg.active_threshold, torch.device("cpu"),
+                                       duration_table(VOCAB))
     assert collapsed["val_kl"] == pytest.approx(0.0, abs=1e-6) and collapsed["active_units"] == 0
     with pytest.raises(LiveduetError, match="posterior collapsed"):
         check_not_collapsed(collapsed)
+
+
+def test_select_names_the_figure_that_picks_the_checkpoint(tmp_path: Path):
+    with pytest.raises(ConfigError, match="select"):
+        VAEConfig(vocab_size=len(VOCAB), select="loss").validate()
+    data = make_data(tmp_path / "data", n=20)
+    (tmp_path / "vae.toml").write_text(TINY.replace("val_phrases = 40", 'val_phrases = 20\nselect = "greedy"')
+                                       .replace("epochs = 2", "epochs = 1"))
+    torch.set_num_threads(1)
+    train(TrainRequest(data=data, out=tmp_path / "run", config=tmp_path / "vae.toml", quiet=True))
+    row = json.loads((tmp_path / "run" / "history.json").read_text())[-1]
+    assert row["val_select"] == pytest.approx(1 - row["val_greedy_acc"], abs=1e-4)
+    assert row["val_select"] != row["val_elbo"]
+
+
+def test_the_card_reports_the_exported_checkpoints_evaluation():
+    history = [{"step": 10, "val_elbo": 2.0, "val_kl": 5.0}, {"step": 20, "val_elbo": 2.5, "val_kl": 9.0}]
+    assert best_row(history, 20)["val_kl"] == 9.0, "the checkpoint's own row, not the best ELBO's"
+    assert best_row(history)["step"] == 10

@@ -22,9 +22,10 @@ from liveduet.live.engine import Engine
 from liveduet.live.phrase import Action, Input, State, transition
 from liveduet.live.scheduler import Scheduler
 from liveduet.live.settings import LiveSettings
-from liveduet.live.vary import fill_window, morph_events, slerp, split_windows, vary_events
+from liveduet.live.vary import fill_window, key_pitch_classes, morph_events, slerp, split_windows, vary_events
 from liveduet.model.config import TrainConfig
-from liveduet.model.vae import PhraseVAE, VAEConfig, pack_phrases, reconstruction_metrics
+from liveduet.model.vae import PhraseVAE, VAEConfig, duration_table, pack_phrases
+from liveduet.model.vae_eval import reconstruction_metrics
 from liveduet.model.vae_export import VAEModel, export_vae, load_vae
 from liveduet.music.midifile import notes_to_midi, save_atomic
 from liveduet.music.tokens import TICKS, TokenizerSettings, Vocabulary
@@ -38,14 +39,15 @@ def vae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small untrained VAE, exported through the real export (its encoder made to use z)."""
     root = tmp_path_factory.mktemp("vae")
     torch.manual_seed(0)
-    cfg = VAEConfig(vocab_size=len(VOCAB), embed=16, enc_hidden=16, dec_hidden=24, head_dim=0, z_dim=8)
+    cfg = VAEConfig(vocab_size=len(VOCAB), embed=16, enc_hidden=16, dec_hidden=24, head_dim=0, z_dim=8,
+                    position_embed=8)
     model = PhraseVAE(cfg).eval()
     with torch.no_grad():
         model.to_posterior.weight.mul_(30)
     phrases = [np.array(VOCAB.encode([((SCALE[(k + i) % 8],), 6) for i in range(16)])) for k in range(8)]
     masks = torch.from_numpy(VOCAB.pitch_mask), torch.from_numpy(VOCAB.duration_mask)
     figures = reconstruction_metrics(model, pack_phrases(phrases, cfg.max_tokens), *masks, cfg.active_threshold,
-                                     torch.device("cpu"))
+                                     torch.device("cpu"), duration_table(VOCAB))
     run = root / "run"
     run.mkdir()
     VOCAB.save(run / "vocab.json")
@@ -116,6 +118,31 @@ def test_variations_are_repeatable_and_sigma_zero_ignores_the_seed(vae: VAEModel
     assert vary_events(vae, events, 2.0, seed=3) == vary_events(vae, events, 2.0, seed=3)
     with pytest.raises(ValueError):
         vary_events(vae, events, -0.1, seed=0)
+
+
+def pitch_classes(events: list) -> set[int]:
+    return {p % 12 for ps, _ in events for p in ps}
+
+
+def test_keep_key_keeps_a_variation_in_the_calls_key_and_its_own_accidentals(vae: VAEModel):
+    call = phrase(8) + [((61,), 6)]  # C major with one C sharp
+    allowed = key_pitch_classes(call)
+    assert allowed is not None and {0, 2, 4, 5, 7, 9, 11, 1} <= allowed and 3 not in allowed
+    free = [e for seed in range(6) for e in vary_events(vae, call, 2.0, seed=seed, keep_key=False)]
+    kept = [e for seed in range(6) for e in vary_events(vae, call, 2.0, seed=seed)]
+    assert not pitch_classes(free) <= allowed, "the untrained model alone wanders out of the key"
+    assert pitch_classes(kept) <= allowed
+    assert length(kept) == length(free)
+    assert key_pitch_classes([((), 24)]) is None, "a rest has no key: nothing is kept"
+
+
+def test_morph_steps_keep_the_nearer_ends_key(vae: VAEModel):
+    a = phrase(8)  # C major
+    b = [((p[0] + 1,), d) for p, d in phrase(8)]  # D flat major
+    ka, kb = key_pitch_classes(a), key_pitch_classes(b)
+    assert ka is not None and kb is not None
+    for k, step in enumerate(morph_events(vae, a, b, 5)):
+        assert pitch_classes(step) <= (ka if k / 4 < 0.5 else kb), k
 
 
 def test_morph_starts_at_a_and_ends_at_b(vae: VAEModel):

@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, help="VAE folder (default: $LIVEDUET_VARY_MODEL or models/vary)")
     p.add_argument("--bpm", type=float, help="tempo (default: A's)")
     p.add_argument("--force", action="store_true", help="overwrite --out")
+    from liveduet.commands.vary import add_keep_key
+
+    add_keep_key(p)
     p.set_defaults(func=run)
 
 
@@ -38,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     vae = load_vae(args.model)
     a, bpm = read_phrase(args.a, vae)
     b, _ = read_phrase(args.b, vae)
-    phrases = morph_events(vae, a, b, args.steps)
+    phrases = morph_events(vae, a, b, args.steps, keep_key=args.keep_key)
     write_phrase([e for phrase in phrases for e in phrase], args.bpm or bpm, args.out, force=args.force,
                  title=f"liveduet morph {args.a.name} -> {args.b.name}")
     print(f"wrote {args.steps} phrases of {vae.cfg.window_beats} beats from {args.a} to {args.b} to {args.out}")

@@ -26,7 +26,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same variations)")
     p.add_argument("--bpm", type=float, help="tempo of the output (default: the phrase's)")
     p.add_argument("--force", action="store_true", help="overwrite existing files in --out")
+    add_keep_key(p)
     p.set_defaults(func=run)
+
+
+def add_keep_key(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-keep-key", dest="keep_key", action="store_false",
+                   help="let the VAE leave the phrase's key (by default it picks only pitches in its key scale or "
+                   "among its own pitch classes)")
 
 
 def read_phrase(path: Path, vae: Any) -> tuple[list, float]:
@@ -89,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         raise OutputPathError(f"{taken[0]} exists (use --force to overwrite)")
     args.out.mkdir(parents=True, exist_ok=True)
     for k, path in enumerate(paths):
-        varied = vary_events(vae, events, args.sigma, seed=args.seed * 1000 + k)
+        varied = vary_events(vae, events, args.sigma, seed=args.seed * 1000 + k, keep_key=args.keep_key)
         write_phrase(varied, bpm, path, force=True, title=f"liveduet vary sigma={args.sigma:g}")
     beats = sum(d for _, d in events) / TICKS
     print(f"wrote {args.n} variation(s) of {args.call} ({beats:g} beats at {bpm:g} bpm, σ = {args.sigma:g}) "

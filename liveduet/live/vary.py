@@ -13,6 +13,14 @@ repeat, so the encoder hears something like its training data rather than a trun
 window is decoded to exactly its own length: <eos> is never chosen, and the last note is cut where
 the window ends.
 
+Keeping the key (`keep_key`, on by default; `--no-keep-key` on `vary` and `morph`). The model alone
+drifts out of the call's key as σ grows (at σ = 2 about a quarter of its notes, models/vary/card.md).
+A teacher varying a phrase stays in its key, so decoding may choose only pitch sets whose pitch classes
+lie in the call's key scale (Krumhansl–Schmuckler, as music/listening.py measures it) or among the
+pitch classes the call itself plays (its own accidentals stay available: σ = 0 still plays them back).
+Morph steps keep the nearer end's key. The rule changes which tokens the greedy decoder may pick,
+never z: the card reports the model alone next to the model with the rule.
+
 Invariant: a variation lasts exactly as long as its phrase, in twelfths of a beat.
 """
 
@@ -28,7 +36,8 @@ import torch
 from torch import Tensor
 
 from liveduet.errors import ModelLoadError
-from liveduet.music.tokens import BOS, TICKS, Event, Vocabulary
+from liveduet.music.listening import find_key, key_scale
+from liveduet.music.tokens import BOS, TICKS, Event, Vocabulary, events_to_notes
 
 if TYPE_CHECKING:  # the VAE is imported when vary mode is used, not by every `liveduet run`
     from liveduet.live.answer import Answer
@@ -92,23 +101,36 @@ def slerp(a: Tensor, b: Tensor, t: float) -> Tensor:
     return torch.sin((1 - t) * omega) / so * a + torch.sin(t * omega) / so * b
 
 
-class PhraseDecoder:
-    """Streams one window's events from a latent z: greedy under the grammar, exactly `length` twelfths."""
+def key_pitch_classes(events: list[Event]) -> frozenset[int] | None:
+    """The keep-key rule's pitch classes: the phrase's key scale and the classes it plays (None: no notes)."""
+    notes = [(on / TICKS, off / TICKS, p, 80) for on, off, p in events_to_notes(events)]
+    if not notes:
+        return None
+    return key_scale(*find_key(notes)) | {n[2] % 12 for n in notes}
 
-    def __init__(self, vae: VAEModel, z: Tensor, length: int) -> None:
+
+class PhraseDecoder:
+    """Streams one window's events from a latent z: greedy under the grammar, exactly `length` twelfths;
+    with `pitch_classes`, only pitch sets within them (the keep-key rule)."""
+
+    def __init__(self, vae: VAEModel, z: Tensor, length: int, pitch_classes: frozenset[int] | None = None) -> None:
         self.vae, self.z, self.remaining = vae, z, length
         vocab = vae.vocab
-        self.pitch_ok = torch.from_numpy(vocab.pitch_mask.copy())  # <eos> is never allowed: we stop at the length
+        # <eos> is never allowed: we stop at the length
+        self.pitch_ok = (vae.pitch_tokens_within(pitch_classes) if pitch_classes is not None
+                         else torch.from_numpy(vocab.pitch_mask.copy()))
         self.dur_ok = torch.from_numpy(vocab.duration_mask.copy())
         self.dur_base = vocab.dur_base
         with torch.no_grad():
             self.h = vae.script.start(z)
         self.token = BOS
+        self.pos = 0  # twelfths decoded, as the model counts them (its last chosen duration uncut)
 
     @torch.no_grad()
     def _step(self, allowed: Tensor) -> int:
-        logits, self.h = self.vae.script(torch.tensor([self.token]), self.z, self.h)  # [1, V]
-        self.token = int(logits[0].masked_fill(~allowed, -math.inf).argmax())
+        self.pos += int(self.vae.durations[self.token])
+        logits, self.h = self.vae.script(torch.tensor([self.token]), self.z, self.h, torch.tensor([self.pos]))
+        self.token = int(logits[0].masked_fill(~allowed, -math.inf).argmax())  # logits [1, V]
         return self.token
 
     def next_event(self) -> Event | None:
@@ -128,11 +150,12 @@ class Variation:
     encode is ~4 ms of the engine thread, which in the middle of the answer would make sends late.
     Each event then costs two decoder steps."""
 
-    def __init__(self, vae: VAEModel, events: list[Event], sigma: float, seed: int) -> None:
+    def __init__(self, vae: VAEModel, events: list[Event], sigma: float, seed: int, keep_key: bool = True) -> None:
         if sigma < 0:
             raise ValueError(f"σ must be >= 0, got {sigma}")
         started = time.perf_counter()
         self.vae, self.sigma = vae, sigma
+        self.pitch_classes = key_pitch_classes(events) if keep_key else None
         self.width = vae.cfg.window_beats * TICKS
         self.gen = torch.Generator().manual_seed(seed)
         self.plans = [self._plan(w) for w in split_windows(events, self.width, vae.cfg.bar_beats * TICKS)]
@@ -152,7 +175,7 @@ class Variation:
         if not self.plans:
             return None
         z, length = self.plans.pop(0)
-        return PhraseDecoder(self.vae, z, length)
+        return PhraseDecoder(self.vae, z, length, self.pitch_classes)
 
     def sample_event(self) -> Event | None:
         """The next event of the variation, or None when it has its phrase's length."""
@@ -181,22 +204,26 @@ class Variation:
         return out
 
 
-def vary_events(vae: VAEModel, events: list[Event], sigma: float, seed: int) -> list[Event]:
+def vary_events(vae: VAEModel, events: list[Event], sigma: float, seed: int, keep_key: bool = True) -> list[Event]:
     """A variation of `events` at σ (same length)."""
-    return Variation(vae, events, sigma, seed).events()
+    return Variation(vae, events, sigma, seed, keep_key).events()
 
 
-def morph_events(vae: VAEModel, a: list[Event], b: list[Event], steps: int) -> list[list[Event]]:
+def morph_events(vae: VAEModel, a: list[Event], b: list[Event], steps: int, keep_key: bool = True
+                 ) -> list[list[Event]]:
     """`steps` phrases from A to B: the first windows of each encoded to μ, interpolated spherically
-    (t = 0 … 1), each decoded to one window (`window_beats` beats)."""
+    (t = 0 … 1), each decoded greedily to one window (`window_beats` beats); with keep_key, in the
+    nearer end's key (t < 0.5: A's)."""
     width = vae.cfg.window_beats * TICKS
-    za, _ = vae.encode(vae.vocab.encode(fill_window(split_windows(a, width)[0], width)))
-    zb, _ = vae.encode(vae.vocab.encode(fill_window(split_windows(b, width)[0], width)))
+    wa, wb = (fill_window(split_windows(x, width)[0], width) for x in (a, b))
+    za, _ = vae.encode(vae.vocab.encode(wa))
+    zb, _ = vae.encode(vae.vocab.encode(wb))
+    keys = (key_pitch_classes(wa), key_pitch_classes(wb)) if keep_key else (None, None)
     out = []
     for k in range(steps):
         t = k / (steps - 1) if steps > 1 else 0.0
         z = slerp(za[0], zb[0], t)[None]
-        decoder = PhraseDecoder(vae, z, width)
+        decoder = PhraseDecoder(vae, z, width, keys[0] if t < 0.5 else keys[1])
         out.append([e for e in iter(decoder.next_event, None)])
     return out
 

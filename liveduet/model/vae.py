@@ -3,10 +3,11 @@
 It reads top to bottom: config → phrase cutting → module → the training family. MusicVAE's recipe
 at liveduet's scale: a bidirectional GRU encoder reads the phrase's tokens (liveduet-tokens/1, the
 language model's vocabulary) into μ and log σ² of a `z_dim` Gaussian; a one-layer GRU decoder
-whose state starts at tanh(W z) and which reads z beside every input token writes the phrase back
-autoregressively. Against posterior collapse: KL warm-up (β ramps from 0), free bits (each latent
-dimension's KL counts at least `free_bits` nats) and word dropout on the decoder's inputs (it
-cannot copy the phrase from its own teacher-forced inputs alone).
+whose state starts at tanh(W z) and which reads z (and, with `position_embed`, its place in the
+window) beside every input token writes the phrase back autoregressively. Against posterior
+collapse: KL warm-up (β ramps from 0), free bits (each latent dimension's KL counts at least
+`free_bits` nats) and word dropout on the decoder's inputs (it cannot copy the phrase from its own
+teacher-forced inputs alone). Greedy decoding and the validation figures: model/vae_eval.py.
 
 Phrases are cut on bar lines. The token stream has no bar token and no metre, so bars are counted
 as `bar_beats` (4) beats from the piece's first onset: a window starts on such a bar line where an
@@ -33,6 +34,9 @@ from liveduet.model.family import Dist, Family
 from liveduet.music.dataset import Dataset
 from liveduet.music.tokens import BOS, EOS, PAD, TICKS, Vocabulary
 
+# `select` → the evaluate() figure that picks the best checkpoint (lower is better).
+SELECT = {"elbo": "val_elbo", "recon": "val_recon_nll", "greedy": "val_greedy_err"}
+
 
 @dataclass
 class VAEConfig:
@@ -44,6 +48,10 @@ class VAEConfig:
     # training step's cost (and of a live step's bytes) with a 2,188-token vocabulary.
     head_dim: int = 128
     z_dim: int = 64
+    # Width of an embedding of the decoder's place in the window (twelfths elapsed, read beside each input
+    # token; 0 = none). A GRU decoding a whole phrase from one vector must otherwise count its way
+    # through it; told where it is, it looks up that part of z (MusicVAE's conductor does this per bar).
+    position_embed: int = 0
     dropout: float = 0.1
     word_dropout: float = 0.25  # decoder inputs replaced by <pad> at this rate while training
     # The objective: loss = recon + β · Σ_d max(KL_d, free_bits), β ramping 0 → beta.
@@ -58,6 +66,10 @@ class VAEConfig:
     epoch_phrases: int = 0  # phrases drawn per epoch (0 = all); a fresh sample each epoch
     val_phrases: int = 1000  # validation phrases evaluated (transposition 0 first, fixed)
     active_threshold: float = 0.01  # a latent unit is active when Var_x(μ_d) exceeds this
+    # Which validation figure picks best.pt (the exported weights): "elbo" (the bound), "recon" (NLL
+    # decoded from μ) or "greedy" (1 − greedy token accuracy from μ: what σ = 0 plays back). At a low β
+    # the ELBO keeps falling while reconstruction stalls, or the reverse: a copy tool selects on copying.
+    select: str = "elbo"
 
     def validate(self) -> None:
         def bad(key: str, why: str) -> ConfigError:
@@ -70,6 +82,8 @@ class VAEConfig:
             raise bad("head_dim", "must be 0..8192 (0 = dec_hidden)")
         if not 1 <= self.z_dim <= 1024:
             raise bad("z_dim", "must be 1..1024")
+        if not 0 <= self.position_embed <= 1024:
+            raise bad("position_embed", "must be 0..1024 (0 = none)")
         for key in ("dropout", "word_dropout"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise bad(key, "must be in [0, 1)")
@@ -91,6 +105,8 @@ class VAEConfig:
             raise bad("epoch_phrases" if self.epoch_phrases < 0 else "val_phrases", "must be positive")
         if self.active_threshold <= 0:
             raise bad("active_threshold", "must be > 0")
+        if self.select not in SELECT:
+            raise bad("select", f"must be one of {', '.join(SELECT)}")
 
 
 # -- phrases ---------------------------------------------------------------------------------
@@ -147,6 +163,19 @@ def pack_phrases(phrases: list[np.ndarray], max_tokens: int) -> PhraseSet:
     return PhraseSet(arr, np.array([len(p) for p in phrases], dtype=np.int64))
 
 
+def duration_table(vocab: Vocabulary) -> Tensor:
+    """int64 [V]: each duration token's length in twelfths, 0 for every other token."""
+    table = np.zeros(len(vocab), dtype=np.int64)
+    table[vocab.duration_mask] = np.arange(1, int(vocab.duration_mask.sum()) + 1)
+    return torch.from_numpy(table)
+
+
+def input_positions(dec_in: Tensor, durations: Tensor, limit: int) -> Tensor:
+    """Decoder inputs [B, T] → twelfths elapsed once each input is read [B, T] (at most `limit`): where in
+    the window the token the decoder predicts next begins (or, after a pitch, the note it times)."""
+    return torch.cumsum(durations[dec_in], dim=1).clamp(max=limit)
+
+
 def batch_tensors(tokens: np.ndarray, lengths: np.ndarray) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Phrase rows → (encoder input [B, T], lengths [B], decoder input [B, T + 1], targets [B, T + 1]).
     The decoder reads <bos> + phrase and predicts phrase + <eos>; <pad> targets are ignored."""
@@ -169,6 +198,7 @@ class Posterior(NamedTuple):
 class DecoderState(NamedTuple):
     h: Tensor  # [1, B, H]
     z: Tensor  # [B, Z]: read beside every input token
+    pos: Tensor  # [B]: twelfths decoded so far
 
 
 class PhraseVAE(nn.Module):
@@ -184,7 +214,9 @@ class PhraseVAE(nn.Module):
         self.encoder = nn.GRU(cfg.embed, cfg.enc_hidden, batch_first=True, bidirectional=True)
         self.to_posterior = nn.Linear(2 * cfg.enc_hidden, 2 * cfg.z_dim)
         self.z_to_h = nn.Linear(cfg.z_dim, cfg.dec_hidden)
-        self.decoder = nn.GRU(cfg.embed + cfg.z_dim, cfg.dec_hidden, batch_first=True)
+        self.window = cfg.window_beats * TICKS  # positions are clamped here
+        self.pos_embed = nn.Embedding(self.window + 1, cfg.position_embed) if cfg.position_embed else None
+        self.decoder = nn.GRU(cfg.embed + cfg.z_dim + cfg.position_embed, cfg.dec_hidden, batch_first=True)
         self.drop = nn.Dropout(cfg.dropout)
         width = cfg.head_dim or cfg.dec_hidden
         self.proj = nn.Linear(cfg.dec_hidden, width, bias=False) if width != cfg.dec_hidden else None
@@ -212,71 +244,43 @@ class PhraseVAE(nn.Module):
         """z [B, Z] → the decoder's first state [1, B, H]."""
         return torch.tanh(self.z_to_h(z)).unsqueeze(0)
 
-    def decode_run(self, tokens: Tensor, z: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        """tokens [B, T], z [B, Z], h [1, B, H] → logits [B, T, V], h after the last token."""
+    def decode_run(self, tokens: Tensor, z: Tensor, h: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """tokens [B, T], z [B, Z], h [1, B, H], pos [B, T] (input_positions; unused without position_embed)
+        → logits [B, T, V], h after the last token."""
         x = self.drop(self.embed(tokens))  # [B, T, E]
         zs = z.unsqueeze(1).expand(-1, tokens.shape[1], -1)  # [B, T, Z]
-        y, h = self.decoder(torch.cat([x, zs], dim=2), h)  # y: [B, T, H]
+        parts = [x, zs]
+        if self.pos_embed is not None:
+            parts.append(self.pos_embed(pos.clamp(0, self.window)))  # [B, T, P]
+        y, h = self.decoder(torch.cat(parts, dim=2), h)  # y: [B, T, H]
         if self.proj is not None:
             y = self.proj(y)  # [B, T, D]
         return self.head(self.drop(y)), h  # [B, T, V]
 
     @torch.jit.unused
-    def forward(self, enc: Tensor, lengths: Tensor, dec_in: Tensor, z_noise: Tensor | None = None
+    def forward(self, enc: Tensor, lengths: Tensor, dec_in: Tensor, pos: Tensor, z_noise: Tensor | None = None
                 ) -> tuple[Tensor, Posterior]:
         """Teacher-forced: logits [B, T + 1, V] for dec_in [B, T + 1], with z = μ + σ·noise (μ if None)."""
         post = self.encode_packed(enc, lengths)
         z = post.mu if z_noise is None else post.mu + torch.exp(0.5 * post.logvar) * z_noise
-        logits, _ = self.decode_run(dec_in, z, self.initial_h(z))
+        logits, _ = self.decode_run(dec_in, z, self.initial_h(z), pos)
         return logits, post
 
     @torch.jit.unused
     def start(self, z: Tensor) -> DecoderState:
-        return DecoderState(self.initial_h(z), z)
+        return DecoderState(self.initial_h(z), z, torch.zeros(z.shape[0], dtype=torch.long))
 
     @torch.jit.unused
-    def step(self, token: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
+    def step(self, token: Tensor, state: DecoderState, durations: Tensor) -> tuple[Tensor, DecoderState]:
         """token [B] → logits [B, V], next state: one decoder step with the cached state."""
-        logits, h = self.decode_run(token[:, None], state.z, state.h)
-        return logits[:, 0], DecoderState(h, state.z)
+        pos = state.pos + durations[token]
+        logits, h = self.decode_run(token[:, None], state.z, state.h, pos[:, None])
+        return logits[:, 0], DecoderState(h, state.z, pos)
 
 
 def kl_per_dim(post: Posterior) -> Tensor:
     """KL(q(z|x) ‖ N(0, I)) per phrase and dimension [B, Z], in nats."""
     return 0.5 * (post.mu.pow(2) + post.logvar.exp() - 1.0 - post.logvar)
-
-
-def grammar_mask(prev: Tensor, vocab_size: int, pitch_mask: Tensor, dur_mask: Tensor) -> Tensor:
-    """Which tokens may follow `prev` [B]: a duration after a pitch set, else a pitch set or <eos>.
-    → bool [B, V]."""
-    after_pitch = pitch_mask[prev]  # [B]
-    allowed_after_dur = pitch_mask.clone()
-    allowed_after_dur[EOS] = True
-    return torch.where(after_pitch[:, None], dur_mask[None, :].expand(len(prev), -1),
-                       allowed_after_dur[None, :].expand(len(prev), -1))
-
-
-@torch.no_grad()
-def greedy_decode(model: PhraseVAE, z: Tensor, max_len: int, pitch_mask: Tensor, dur_mask: Tensor) -> Tensor:
-    """Batched greedy decoding under the token grammar: z [B, Z] → tokens [B, max_len] (<pad> after <eos>)."""
-    B = z.shape[0]
-    h = model.initial_h(z)
-    tok = torch.full((B,), BOS, dtype=torch.long)
-    done = torch.zeros(B, dtype=torch.bool)
-    out = torch.full((B, max_len), PAD, dtype=torch.long)
-    for t in range(max_len):
-        logits, h = model.decode_run(tok[:, None], z, h)  # [B, 1, V]
-        allowed = grammar_mask(tok, logits.shape[-1], pitch_mask, dur_mask)
-        if t == 0:
-            allowed[:, EOS] = False
-        tok = logits[:, 0].masked_fill(~allowed, -math.inf).argmax(dim=1)  # [B]
-        tok = torch.where(done, torch.full_like(tok, PAD), tok)
-        out[:, t] = tok
-        done |= tok == EOS
-        if bool(done.all()):
-            break
-    return out
-
 
 
 # -- the training family ---------------------------------------------------------------------
@@ -286,8 +290,8 @@ class VAEFamily(Family):
 
     name = "vae"
     config_cls = VAEConfig
-    val_key = "val_elbo"
-    plot_keys = ("train_loss", "val_elbo")
+    val_key = "val_select"  # the figure `select` names (SELECT), under one name for the loop
+    plot_keys = ("train_loss", "val_elbo", "val_recon_nll")
 
     def __init__(self, cfg: VAEConfig, tcfg: TrainConfig, data: Dataset, seed: int, device: torch.device,
                  dd: Dist | None = None) -> None:
@@ -303,6 +307,7 @@ class VAEFamily(Family):
         self.modules = {"model": PhraseVAE(cfg).to(device)}
         self.pitch_mask = torch.from_numpy(self.vocab.pitch_mask).to(device)
         self.dur_mask = torch.from_numpy(self.vocab.duration_mask).to(device)
+        self.durations = duration_table(self.vocab).to(device)
         self._order: tuple[int, np.ndarray] | None = None
 
     def _cut(self, which: str, transpose: int | None = None) -> list[np.ndarray]:
@@ -362,13 +367,14 @@ class VAEFamily(Family):
         model.train()
         cfg, opt = self.cfg, opts["model"]
         dec_in, tgt = batch["dec_in"], batch["tgt"]
+        pos = input_positions(dec_in, self.durations, model.window)  # from the true inputs, dropped or not
         if cfg.word_dropout > 0:
             drop = torch.rand(dec_in.shape, device=dec_in.device) < cfg.word_dropout
             drop[:, 0] = False  # <bos> stays
             dec_in = dec_in.masked_fill(drop, PAD)
         post = model.encode_packed(batch["enc"], batch["lens"])
         z = post.mu + torch.exp(0.5 * post.logvar) * torch.randn_like(post.mu)  # [B, Z]
-        logits, _ = model.decode_run(dec_in, z, model.initial_h(z))  # [B, T + 1, V]
+        logits, _ = model.decode_run(dec_in, z, model.initial_h(z), pos)  # [B, T + 1, V]
         B = tgt.shape[0]
         recon = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=PAD,
                                 reduction="sum") / B  # nats per phrase
@@ -391,8 +397,12 @@ class VAEFamily(Family):
         was_training = model.training
         model.eval()
         try:
-            return reconstruction_metrics(model, self.val_set, self.pitch_mask, self.dur_mask,
-                                          self.cfg.active_threshold, self.device)
+            from liveduet.model.vae_eval import reconstruction_metrics  # vae_eval imports this module
+
+            figures = reconstruction_metrics(model, self.val_set, self.pitch_mask, self.dur_mask,
+                                             self.cfg.active_threshold, self.device, self.durations)
+            figures["val_greedy_err"] = 1.0 - figures["val_greedy_acc"]
+            return {"val_select": figures[SELECT[self.cfg.select]], **figures}
         finally:
             model.train(was_training)
 
@@ -403,37 +413,3 @@ class VAEFamily(Family):
         from liveduet.model.vae_export import export_vae
 
         return export_vae(run_dir, ckpt, out, force, name, evaluation)
-
-
-@torch.no_grad()
-def reconstruction_metrics(model: PhraseVAE, phrases: PhraseSet, pitch_mask: Tensor, dur_mask: Tensor,
-                           active_threshold: float, device: torch.device, chunk: int = 250) -> dict[str, float]:
-    """On `phrases`: the ELBO (nats/token, one z sample from a fixed seed), teacher-forced and greedy
-    token accuracy decoded from μ, reconstruction NLL at μ, KL per phrase, active latent units."""
-    gen = torch.Generator().manual_seed(0)
-    nll_z = nll_mu = kl = 0.0
-    tf_right = greedy_right = ntok = 0
-    mus: list[Tensor] = []
-    for a in range(0, len(phrases.lengths), chunk):
-        enc, lens, dec_in, tgt = batch_tensors(phrases.tokens[a : a + chunk], phrases.lengths[a : a + chunk])
-        enc, dec_in, tgt = enc.to(device), dec_in.to(device), tgt.to(device)
-        post = model.encode_packed(enc, lens)
-        mus.append(post.mu.cpu())
-        noise = torch.randn(post.mu.shape, generator=gen).to(device)
-        z = post.mu + torch.exp(0.5 * post.logvar) * noise
-        mask = tgt != PAD  # [B, T + 1]
-        logits_z, _ = model.decode_run(dec_in, z, model.initial_h(z))
-        nll_z += float(F.cross_entropy(logits_z.transpose(1, 2), tgt, ignore_index=PAD, reduction="sum"))
-        logits_mu, _ = model.decode_run(dec_in, post.mu, model.initial_h(post.mu))
-        nll_mu += float(F.cross_entropy(logits_mu.transpose(1, 2), tgt, ignore_index=PAD, reduction="sum"))
-        tf_right += int(((logits_mu.argmax(-1) == tgt) & mask).sum())
-        greedy = greedy_decode(model, post.mu, tgt.shape[1], pitch_mask, dur_mask)  # [B, T + 1]
-        greedy_right += int(((greedy == tgt) & mask).sum())
-        kl += float(kl_per_dim(post).sum())
-        ntok += int(mask.sum())
-    n = len(phrases.lengths)
-    mu_all = torch.cat(mus)  # [N, Z]
-    active = int((mu_all.var(dim=0) > active_threshold).sum()) if n > 1 else 0
-    return {"val_elbo": (nll_z + kl) / ntok, "val_recon_nll": nll_mu / ntok, "val_kl": kl / n,
-            "val_tf_acc": tf_right / ntok, "val_greedy_acc": greedy_right / ntok, "active_units": active,
-            "val_phrases": n}

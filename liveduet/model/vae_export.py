@@ -2,7 +2,8 @@
 
     models/vary/
       vae.ts        TorchScript: encode(tokens[1, T]) -> (μ, log σ²) [1, Z]; start(z) -> h;
-                    forward(token[B], z[B, Z], h) -> (logits[B, V], h), the decoder's cached step
+                    forward(token[B], z[B, Z], h, pos[B]) -> (logits[B, V], h), the decoder's cached
+                    step; pos: twelfths of the window decoded once `token` is read (vae.input_positions)
       vocab.json    the vocabulary its token ids refer to (the language model's)
       config.json   model and training config
       card.json     "family": "vae", checksum, data, training, reconstruction, the benchmark's figures
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +31,16 @@ from liveduet.errors import LiveduetError, ModelLoadError
 from liveduet.model.card import sha256_of, update_card
 from liveduet.model.export import finish_export, read_run_json, run_card_fields, stage_export
 from liveduet.model.family import check_family
-from liveduet.model.vae import PhraseVAE, VAEConfig
+from liveduet.model.vae import PhraseVAE, VAEConfig, duration_table, input_positions
 from liveduet.music.tokens import BOS, TICKS, Vocabulary
 
-FORMAT = "liveduet-vae/1"
+FORMAT = "liveduet-vae/2"  # /2: the decoder's step reads its place in the window (pos)
 FILE = "vae.ts"
 PARITY_TOLERANCE = 1e-5
 WARMUP_LENGTH = 32
 COLLAPSED_KL = 1.0  # nats per phrase: below this z says next to nothing about the phrase
+SELECTED = {"elbo": "the best validation ELBO", "recon": "the best validation reconstruction NLL at μ",
+            "greedy": "the best validation greedy token accuracy from μ"}  # VAEConfig.select, in words
 
 
 class VAEScript(nn.Module):
@@ -57,9 +60,9 @@ class VAEScript(nn.Module):
         """z [B, Z] → the decoder's first state h [1, B, H]."""
         return self.model.initial_h(z)
 
-    def forward(self, token: Tensor, z: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        """token [B] int64 → logits [B, V], the next state."""
-        logits, h = self.model.decode_run(token.unsqueeze(1), z, h)  # [B, 1, V]
+    def forward(self, token: Tensor, z: Tensor, h: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """token [B] int64, pos [B] int64 → logits [B, V], the next state."""
+        logits, h = self.model.decode_run(token.unsqueeze(1), z, h, pos.unsqueeze(1))  # [B, 1, V]
         return logits.squeeze(1), h
 
 
@@ -70,17 +73,18 @@ def script_vae(model: PhraseVAE) -> torch.jit.ScriptModule:
         return torch.jit.script(VAEScript(model.eval()))
 
 
-def check_parity(model: PhraseVAE, scripted: torch.jit.ScriptModule, tokens: Tensor) -> float:
+def check_parity(model: PhraseVAE, scripted: torch.jit.ScriptModule, tokens: Tensor, durations: Tensor) -> float:
     """Largest difference, relative to the logits' scale, between the eager model (packed encoder,
     teacher-forced decoder over the whole phrase) and the scripted encode + one cached step at a time."""
     with torch.no_grad():
         post = model.encode_packed(tokens, torch.tensor([tokens.shape[1]]))
         mu, _ = scripted.encode(tokens)
         worst = float((mu - post.mu).abs().max())
-        full, _ = model.decode_run(tokens, post.mu, model.initial_h(post.mu))  # [1, T, V]
+        pos = input_positions(tokens, durations, model.window)  # [1, T]
+        full, _ = model.decode_run(tokens, post.mu, model.initial_h(post.mu), pos)  # [1, T, V]
         h = scripted.start(mu)
         for t in range(tokens.shape[1]):
-            logits, h = scripted(tokens[:, t], mu, h)
+            logits, h = scripted(tokens[:, t], mu, h, pos[:, t])
             worst = max(worst, float((logits - full[:, t]).abs().max()))
     return worst / max(1.0, float(full.abs().max()))
 
@@ -95,7 +99,11 @@ def check_not_collapsed(figures: dict) -> None:
                             "it would answer every call alike; retrain with free_bits or a longer KL warm-up")
 
 
-def best_row(history: list[dict], key: str = "val_elbo") -> dict:
+def best_row(history: list[dict], step: object = None, key: str = "val_elbo") -> dict:
+    """The evaluation of the exported checkpoint (the row at its global step); else the best `key`."""
+    for r in history:
+        if step is not None and r.get("step") == step and isinstance(r.get("val_kl"), int | float):
+            return r
     rows = [r for r in history if isinstance(r.get(key), int | float)]
     return min(rows, key=lambda r: r[key]) if rows else {}
 
@@ -116,12 +124,12 @@ def export_vae(run_dir: Path, ckpt: dict, out: Path, force: bool, name: str | No
     vocab.check_compatible(str(ckpt.get("vocab_fingerprint")), f"the checkpoint in {run_dir}")
     run_info = read_run_json(run_dir, "run.json", {})
     history = read_run_json(run_dir, "history.json", [])
-    best = best_row(history)
+    best = best_row(history, ckpt.get("global_step"))
     check_not_collapsed(best)
 
     scripted = script_vae(model)
     probe = torch.randint(3, len(vocab), (1, 40), generator=torch.Generator().manual_seed(0))
-    worst = check_parity(model, scripted, probe)
+    worst = check_parity(model, scripted, probe, duration_table(vocab))
     if worst > PARITY_TOLERANCE:
         raise LiveduetError(f"exported VAE differs from the trained model by {worst:.2e} (> {PARITY_TOLERANCE})")
 
@@ -154,10 +162,30 @@ class VAEModel:
     cfg: VAEConfig
     card: dict
     path: Path
+    _pc_bits: np.ndarray | None = field(default=None, repr=False)
+    _durations: Tensor | None = field(default=None, repr=False)
 
     @property
     def z_dim(self) -> int:
         return self.cfg.z_dim
+
+    @property
+    def durations(self) -> Tensor:
+        """int64 [V]: each duration token's twelfths (0 for others): how the decoder's pos advances."""
+        if self._durations is None:
+            self._durations = duration_table(self.vocab)
+        return self._durations
+
+    def pitch_tokens_within(self, pitch_classes: frozenset[int]) -> Tensor:
+        """bool [V]: the pitch-set tokens all of whose pitches have a class in `pitch_classes` (the rest too)."""
+        if self._pc_bits is None:  # each pitch-set token's pitch classes as a 12-bit set, once
+            bits = np.zeros(len(self.vocab), dtype=np.int64)
+            for t in np.flatnonzero(self.vocab.pitch_mask):
+                for p in self.vocab.pitches_of(int(t)):
+                    bits[t] |= 1 << (p % 12)
+            self._pc_bits = bits
+        allowed = sum(1 << pc for pc in pitch_classes)
+        return torch.from_numpy(self.vocab.pitch_mask & ((self._pc_bits & ~allowed) == 0))
 
     @torch.no_grad()
     def warm_up(self) -> None:
@@ -166,8 +194,8 @@ class VAEModel:
             for length in (WARMUP_LENGTH, WARMUP_LENGTH // 2, WARMUP_LENGTH, 2):
                 mu, _ = self.encode([self.vocab.rest_id, self.vocab.dur_base + TICKS - 1] * (length // 2))
                 h = self.script.start(mu)
-                for _ in range(3):
-                    _, h = self.script(torch.tensor([BOS]), mu, h)
+                for k in range(3):
+                    _, h = self.script(torch.tensor([BOS]), mu, h, torch.tensor([k * TICKS]))
         except Exception as err:
             raise ModelLoadError(f"{self.path}: the VAE fails its first step ({str(err)[:200]})") from err
 
@@ -198,7 +226,8 @@ def load_vae(path: str | Path | None = None) -> VAEModel:
         raise ModelLoadError(f"{path}/card.json is not a model card (a JSON object)")
     check_family(card, path, "vae", "a VAE (the phrase VAE that `vary` and `morph` use)")
     if card.get("format") != FORMAT:
-        raise ModelLoadError(f"{path}: VAE format {card.get('format')!r} is not {FORMAT!r}")
+        raise ModelLoadError(f"{path}: VAE format {card.get('format')!r} is not {FORMAT!r} "
+                             "(re-export its run with this liveduet)")
     file = path / FILE
     if not file.is_file() or sha256_of(file) != card.get("sha256"):
         raise ModelLoadError(f"{file} is missing or does not match its card's checksum (damaged?)")
@@ -236,7 +265,10 @@ def render_vae_card(card: dict) -> str:
         f"A phrase VAE over liveduet-tokens/1 ({card['vocab_size']} tokens, the language model's vocabulary): "
         f"a bidirectional GRU encoder ({m['enc_hidden']} units a direction, embedding {m['embed']}) → z of "
         f"{m['z_dim']} dimensions (μ, log σ²) → a one-layer GRU decoder of {m['dec_hidden']} units whose state "
-        f"starts at tanh(W z) and which reads z at every step. Phrases are {m['window_beats']}-beat windows "
+        f"starts at tanh(W z) and which reads z at every step"
+        + (f", with a {m['position_embed']}-wide embedding of its place in the window (twelfths elapsed)"
+           if m.get("position_embed") else "")
+        + f". Phrases are {m['window_beats']}-beat windows "
         f"cut on bar lines ({m['bar_beats']}-beat bars counted from each piece's first onset). It answers "
         "`liveduet run --mode vary`, `liveduet vary` and `liveduet morph`.", "",
         "| | |", "|---|---|",
@@ -247,7 +279,8 @@ def render_vae_card(card: dict) -> str:
         f"| training | batch {t['batch']}, {t['optimizer']} lr {t['lr']} ({t['lr_schedule']}), "
         f"{_f(tr.get('steps'), '')} steps, {_f(tr.get('seconds'), '')} s on {_f(tr.get('device'), '')} "
         f"({_f(tr.get('stop_reason'), '')}), seed {_f(tr.get('seed'), '')} |",
-        f"| exported | the best validation ELBO: step {_f((card.get('checkpoint') or {}).get('global_step'), '')} |",
+        f"| exported | {SELECTED.get(m.get('select', 'elbo'), '')}: step "
+        f"{_f((card.get('checkpoint') or {}).get('global_step'), '')} |",
         f"| data | `{_f(data.get('folder'), '')}`: {', '.join(data.get('sources') or [])}; transpositions "
         f"{(data.get('settings') or {}).get('transpose')} |",
         f"| export parity | {_f(card.get('export_parity_max_abs'), '.1e')} (relative, scripted step vs eager) |",
@@ -278,23 +311,31 @@ def render_evaluation(ev: dict) -> list[str]:
         lm = ev["lm_same_phrases"]
         lines += [f"The language model on the same phrases: {_f(lm.get('nll'))} nats/token "
                   f"(the VAE's ELBO bound: {_f(lm.get('vae_elbo'))}).", ""]
-    curve = ev.get("variation_curve")
-    if curve:
-        lines += ["## Variation curve (σ: z' = μ + σ·ε)", "",
-                  "| σ | token accuracy | edit similarity | pitch-class cosine | rhythm overlap | in key |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {row['sigma']:g} | {_f(row['token_acc'])} | {_f(row['edit_similarity'])} | "
-                  f"{_f(row['pc_cosine'])} | {_f(row['rhythm_overlap'])} | {_f(row['in_key'])} |" for row in curve]
-        lines.append("")
-    morph = ev.get("morph")
-    if morph:
-        lines += ["## Morph (spherical interpolation)", "",
-                  f"{morph.get('pairs')} pairs, {morph.get('steps')} steps: distance to A rises monotonically in "
-                  f"{_f(morph.get('monotone_a'))} of pairs, to B falls in {_f(morph.get('monotone_b'))}; "
-                  f"mean in-key share {_f(morph.get('in_key_mean'))}, lowest step {_f(morph.get('in_key_min'))}, "
-                  f"steps with ≥ 90 % of notes in key {_f(morph.get('steps_in_key_0.9_share'))}. Mean distance "
-                  f"(1 − token edit similarity) to A by step: {morph.get('mean_distance_to_a')}; to B: "
-                  f"{morph.get('mean_distance_to_b')}.", ""]
+    # Older evaluations have no model-alone rows: their curve and morph were the model alone.
+    alone = ev.get("variation_curve_model_alone") is not None
+    for suffix, label in (("", " — with the keep-key rule (the default)" if alone else ""),
+                          ("_model_alone", " — the model alone (`--no-keep-key`)")):
+        curve = ev.get("variation_curve" + suffix)
+        if curve:
+            lines += [f"## Variation curve (σ: z' = μ + σ·ε){label}", "",
+                      "| σ | token accuracy | edit similarity | pitch-class cosine | rhythm overlap | in key |",
+                      "|---|---|---|---|---|---|"]
+            lines += [f"| {row['sigma']:g} | {_f(row['token_acc'])} | {_f(row['edit_similarity'])} | "
+                      f"{_f(row['pc_cosine'])} | {_f(row['rhythm_overlap'])} | {_f(row['in_key'])} |"
+                      for row in curve]
+            lines.append("")
+    for suffix, label in (("", " — with the keep-key rule" if alone else ""), ("_model_alone", " — the model alone")):
+        morph = ev.get("morph" + suffix)
+        if morph:
+            lines += [f"## Morph (spherical interpolation, greedy decoding){label}", "",
+                      f"{morph.get('pairs')} pairs, {morph.get('steps')} steps: distance to A rises monotonically "
+                      f"in {_f(morph.get('monotone_a'))} of pairs, to B falls in {_f(morph.get('monotone_b'))}; "
+                      f"mean in-key share {_f(morph.get('in_key_mean'))}, lowest step "
+                      f"{_f(morph.get('in_key_min'))}, steps with ≥ 90 % of notes in key "
+                      f"{_f(morph.get('steps_in_key_0.9_share'))}; the inner steps' lowest "
+                      f"{_f(morph.get('inner_steps_in_key_min'))}, A's and B's own lowest "
+                      f"{_f(morph.get('a_b_themselves_in_key_min'))}. Mean distance (1 − token edit similarity) to A "
+                      f"by step: {morph.get('mean_distance_to_a')}; to B: {morph.get('mean_distance_to_b')}.", ""]
     sim = ev.get("live_simulated")
     if sim and sim.get("answer_vs_call"):
         m = sim["answer_vs_call"]
@@ -308,9 +349,16 @@ def render_evaluation(ev: dict) -> list[str]:
         lines += ["## Live cost (inside the daemon's engine)", "",
                   f"Encode + first beat of the answer: p50 {_f(live.get('plan_ms_p50'))} ms, p99 "
                   f"{_f(live.get('plan_ms_p99'))} ms; answer lateness p99 {_f(live.get('late_ms_p99'))} ms "
-                  f"over {_f(live.get('calls'), '')} calls in real time ({_f(live.get('bpm'), 'g')} bpm).", ""]
-    targets = ev.get("targets")
-    if targets:
+                  f"over {_f(live.get('calls'), '')} calls in real time ({_f(live.get('bpm'), 'g')} bpm)."
+                  + (f" ({ev['live_note']}.)" if ev.get("live_note") else ""), ""]
+    targets, targets_alone = ev.get("targets"), ev.get("targets_model_alone")
+    if targets and targets_alone:
+        lines += ["## The issue's targets", "", "| target | met (keep-key rule, the default) | met (model alone) |",
+                  "|---|---|---|"]
+        lines += [f"| {k} | {'yes' if v else '**no**'} | {'yes' if targets_alone.get(k) else '**no**'} |"
+                  for k, v in targets.items()]
+        lines.append("")
+    elif targets:
         lines += ["## The issue's targets", "", "| target | met |", "|---|---|"]
         lines += [f"| {k} | {'yes' if v else '**no**'} |" for k, v in targets.items()]
         lines.append("")
