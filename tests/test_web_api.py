@@ -22,8 +22,9 @@ from liveduet.live.session import SessionSnapshot
 from liveduet.live.sessionfile import build_midi
 from liveduet.live.settings import load_live_settings
 from liveduet.live.snapshot import EngineSnapshot
+from liveduet.model.sampling import complexity_weights
 from liveduet.web.app import Studio, create_app
-from liveduet.web.generation import MAX_UPLOAD_BYTES, complexity_weights
+from liveduet.web.generation import MAX_UPLOAD_BYTES
 from liveduet.web.guard import host_name, origin_host
 from liveduet.web.live import call_notes, diff, queued_notes
 from liveduet.web.server import StudioError, check_exposure
@@ -90,6 +91,7 @@ def client(studio: Studio) -> TestClient:
 @pytest.mark.parametrize(("data", "cmd"), [
     ({"type": "temperature", "value": 0.5}, commands.SetTemperature(0.5)),
     ({"type": "length", "value": 2}, commands.SetLength(2.0)),
+    ({"type": "complexity", "value": 0.75}, commands.SetComplexity(0.75)),
     ({"type": "mode", "value": "echo"}, commands.SetMode("echo")),
     ({"type": "lock", "value": None}, commands.LockScale(None)),
     ({"type": "lock", "value": "call"}, commands.LockScale(commands.CALL_KEY)),
@@ -106,6 +108,7 @@ def test_json_commands(data: dict, cmd: commands.Command) -> None:
     [], "panic", {"type": "quit"}, {"type": "temperature"}, {"type": "temperature", "value": 9},
     {"type": "temperature", "value": True}, {"type": "temperature", "value": float("nan")},
     {"type": "mode", "value": "karaoke"}, {"type": "lock", "value": 12}, {"type": "lock", "value": "C"},
+    {"type": "complexity", "value": 1.5}, {"type": "complexity", "value": "dense"},
 ])
 def test_bad_json_commands_say_why(data: object) -> None:
     with pytest.raises(commands.CommandError) as err:
@@ -152,6 +155,7 @@ def test_live_frames_are_diffs_with_queued_notes_and_commands_reach_the_bus(stud
         first = ws.receive_json()
         assert first["state"] == "answering" and first["temperature"] == 0.9 and first["modes"] == list(commands.MODES)
         assert first["warnings"] == ["output port lost: Synth"] and first["variation"] == 0.5
+        assert first["complexity"] == 0.5
         assert [n["pitch"] for n in first["notes"]] == [67] and first["notes"][0]["on"] == pytest.approx(0.5)
         assert [p for _, _, p in first["call"]] == [60, 64, 67]
         session.engine = replace(session.engine, beat=2.0)
@@ -162,17 +166,19 @@ def test_live_frames_are_diffs_with_queued_notes_and_commands_reach_the_bus(stud
         assert [p for _, _, p in third["call"]] == [69] and [p for _, _, p in third["past_calls"]] == [60, 64, 67]
         ws.send_text(json.dumps({"type": "panic"}))
         ws.send_text(json.dumps({"type": "temperature", "value": 1.3}))
+        ws.send_text(json.dumps({"type": "complexity", "value": 0.8}))
         ws.send_text(json.dumps({"type": "record"}))
         ws.send_text(json.dumps({"type": "temperature", "value": 7}))
         ws.send_text("not json")
         replies = []
-        while len(replies) < 5:
+        while len(replies) < 6:
             msg = ws.receive_json()
             if "ack" in msg or "error" in msg:
                 replies.append(msg)
-    assert session.sent == [commands.Panic(), commands.SetTemperature(1.3), commands.Record()]
-    assert replies[2] == {"ack": "Record", "said": "recording to x.mid"}
-    assert "0.1..2" in replies[3]["error"] and "JSON" in replies[4]["error"]
+    assert session.sent == [commands.Panic(), commands.SetTemperature(1.3), commands.SetComplexity(0.8),
+                            commands.Record()]
+    assert replies[3] == {"ack": "Record", "said": "recording to x.mid"}
+    assert "0.1..2" in replies[4]["error"] and "JSON" in replies[5]["error"]
 
 
 def test_websocket_from_another_origin_is_refused(studio: Studio) -> None:

@@ -77,7 +77,7 @@ def create_app(studio: Studio) -> Guard:
         return JSONResponse({
             "live": studio.live is not None, "generate": generator is not None, "modes": list(studio.modes),
             "temperature_range": commands.TEMPERATURE_RANGE, "length_range": commands.LENGTH_RANGE,
-            "variation_range": commands.VARIATION_RANGE,
+            "variation_range": commands.VARIATION_RANGE, "complexity_range": commands.COMPLEXITY_RANGE,
             "fluidsynth": shutil.which("fluidsynth") is not None,
             "lilypond": shutil.which("lilypond") is not None and shutil.which("musicxml2ly") is not None,
             "upload_limit": MAX_UPLOAD_BYTES,

@@ -3,11 +3,10 @@
 Knobs: model (an exported folder: the style), temperature, top-p, length (tokens), tempo,
 complexity, seed, and a primer (an uploaded MIDI file or a recording).
 
-Complexity is note density, a bias on the sampler's duration tokens through the same hook that lets
-answers follow a call's rhythm (`Sampler.follow_durations`): each duration d (twelfths of a beat)
-gets weight d ** -k with k = COMPLEXITY_SLOPE * (complexity - 0.5). At 0.5 the weights are uniform,
-which that hook turns into no bias at all; towards 1 short notes are favoured (denser), towards 0
-long ones (sparser). Pitch choice is left to the model.
+Complexity is note density: `Sampler.set_complexity`, a documented bias on the duration tokens
+(model/sampling.py, COMPLEXITY_SLOPE) — the same one the live SetComplexity command puts on the
+answers. Neutral at 0.5; towards 1 short notes are favoured (denser), towards 0 long ones (sparser).
+Pitch choice is left to the model.
 """
 
 from __future__ import annotations
@@ -25,17 +24,10 @@ from liveduet.errors import ConfigError, MidiFileError
 from liveduet.music.midifile import MidiNotes, parse_midi
 from liveduet.web.library import NotFoundError
 
-COMPLEXITY_SLOPE = 6.0
 MAX_UPLOAD_BYTES = 256 * 1024  # a primer is a phrase or a song, not a symphony
 MAX_KEPT = 32  # results and primers kept in memory (oldest dropped)
 LIMITS = {"temperature": (0.1, 2.0), "top_p": (0.05, 1.0), "tokens": (8, 1024), "bpm": (40.0, 240.0),
           "complexity": (0.0, 1.0), "seed": (0, 2**31 - 1)}
-
-
-def complexity_weights(complexity: float, max_duration: int) -> dict[int, float]:
-    """Duration (twelfths) → weight for `Sampler.follow_durations`; see the module doc."""
-    k = COMPLEXITY_SLOPE * (complexity - 0.5)
-    return {d: d ** -k for d in range(1, max_duration + 1)}
 
 
 @dataclass(frozen=True)
@@ -138,9 +130,7 @@ class Generator:
             runtime = self._runtime(req.model)
             primer = self._primer(req)
             sampler = Sampler(runtime, temperature=req.temperature, top_p=req.top_p, seed=req.seed)
-            if req.complexity != 0.5:
-                sampler.follow_durations(complexity_weights(req.complexity, runtime.vocab.settings.max_duration),
-                                         1.0)
+            sampler.set_complexity(req.complexity)
             try:
                 piece = generate_piece(runtime, sampler, req.tokens, primer, bpm=req.bpm)
             except MidiFileError as err:

@@ -139,7 +139,8 @@ class LiveFeed:
         return {
             "state": e.state, "beat": round(e.beat, 3), "bpm": round(e.bpm, 2), "clock_source": e.clock_source,
             "key": harmony.key, "chord": harmony.chord, "temperature": e.temperature, "length": e.length_ratio,
-            "mode": e.mode, "lock": e.lock, "variation": e.variation, "calls": e.calls, "answers": e.answers,
+            "mode": e.mode, "lock": e.lock, "variation": e.variation,
+            "complexity": e.complexity, "calls": e.calls, "answers": e.answers,
             "player_notes": e.player_notes, "answer_notes": e.answer_notes,
             "step_p50_ms": round(e.step_p50_ms, 3), "step_p99_ms": round(e.step_p99_ms, 3),
             "late_p99_ms": round(snap.late_p99_ms, 3), "dropped": snap.dropped, "elapsed_s": round(snap.elapsed_s),

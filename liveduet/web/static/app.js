@@ -75,6 +75,7 @@ function showState(f) {
   }
   if ("temperature" in f && document.activeElement !== $("temperature")) setSlider("temperature", s.temperature);
   if ("length" in f && document.activeElement !== $("length")) setSlider("length", s.length);
+  if ("complexity" in f && document.activeElement !== $("complexity")) setSlider("complexity", s.complexity);
   if ("mode" in f && document.activeElement !== $("mode")) $("mode").value = s.mode;
   if ("mode" in f) $("variation-label").hidden = !(s.mode === "vary" && info.variation_range);
   if ("variation" in f && s.variation !== null && document.activeElement !== $("variation")) setSlider("variation", s.variation);
@@ -113,13 +114,12 @@ function send(cmd) {
 }
 
 function setupControls() {
-  const [tlo, thi] = info.temperature_range, [llo, lhi] = info.length_range;
-  Object.assign($("temperature"), { min: tlo, max: thi });
-  Object.assign($("length"), { min: llo, max: lhi });
-  $("temperature").oninput = () => { $("temperature-out").textContent = Number($("temperature").value).toFixed(2); };
-  $("temperature").onchange = () => send({ type: "temperature", value: Number($("temperature").value) });
-  $("length").oninput = () => { $("length-out").textContent = Number($("length").value).toFixed(2); };
-  $("length").onchange = () => send({ type: "length", value: Number($("length").value) });
+  const ranges = { temperature: info.temperature_range, length: info.length_range, complexity: info.complexity_range };
+  for (const [id, [lo, hi]] of Object.entries(ranges)) {  // a slider sends its command when let go
+    Object.assign($(id), { min: lo, max: hi });
+    $(id).oninput = () => { $(id + "-out").textContent = Number($(id).value).toFixed(2); };
+    $(id).onchange = () => send({ type: id, value: Number($(id).value) });
+  }
   if (info.variation_range) {
     Object.assign($("variation"), { min: info.variation_range[0], max: info.variation_range[1] });
     $("variation").oninput = () => { $("variation-out").textContent = Number($("variation").value).toFixed(2); };
