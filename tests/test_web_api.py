@@ -35,6 +35,7 @@ with warnings.catch_warnings():
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = Path(os.environ.get("LIVEDUET_MODEL") or ROOT / "models" / "default")
+VAE = ROOT / "models" / "vary"
 HOST = "testserver"  # the test client's Host header
 ORIGIN = "http://127.0.0.1:8765"
 
@@ -367,3 +368,92 @@ def test_scores_musicxml_by_music21_and_svg_by_lilypond(client: TestClient, stud
         assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg+xml"), svg.text
     finally:
         media.close()
+
+
+# ---- vary and morph (the phrase VAE) -------------------------------------------------------------------
+
+needs_vae = pytest.mark.skipif(not (VAE / "card.json").exists() or not (MODEL / "card.json").exists(),
+                               reason="no shipped VAE or model")
+
+
+@pytest.fixture
+def lab(studio: Studio) -> TestClient:
+    return TestClient(create_app(replace(studio, models={"default": MODEL, "vary": VAE})),
+                      raise_server_exceptions=False)
+
+
+@needs_vae
+def test_vary_a_recording_and_an_upload_with_the_cli_functions(lab: TestClient) -> None:
+    from liveduet.commands.vary import phrase_events, variations
+    from liveduet.model.vae_export import load_vae
+    from liveduet.music.midifile import read_midi
+
+    assert lab.get("/api/models").json()["families"] == {"default": "lm", "vary": "vae"}
+    body = {"vae": "vary", "recording": "liveduet-20261130-120000", "sigma": 0.7, "n": 3, "seed": 5}
+    res = lab.post("/api/vary", json=body)
+    assert res.status_code == 200, res.text
+    out = res.json()
+    # The primer (part 0), then three variations each exactly as long (the VAE's invariant), back to back.
+    spans = [round(b - a, 4) for a, b in out["phrases"]]
+    assert len(spans) == 4 and len(set(spans)) == 1 and out["bpm"] == 120.0
+    assert [n[2] for n in out["notes"] if n[4] == 0] == [60, 64] and any(n[4] == 1 for n in out["notes"])
+    # The same notes `liveduet vary` would write: its functions, same seed.
+    vae = load_vae(VAE)
+    primer = phrase_events(read_midi(lab.app.app.state.generator.recordings / "liveduet-20261130-120000.mid"), vae)
+    expected = variations(vae, primer, 0.7, 3, 5)
+    got = sorted((round(n[0] * 24), n[2]) for n in out["notes"] if n[4] == 1)  # twelfths at 120 bpm
+    from liveduet.music.tokens import events_to_notes
+
+    pos, want = sum(d for _, d in primer), []
+    for phrase in expected:
+        want += [(on, p) for on, _, p in events_to_notes(phrase, pos)]
+        pos += sum(d for _, d in phrase)
+    assert got == sorted(want)
+    midi = lab.get(f"/api/results/{out['id']}/midi")
+    assert midi.status_code == 200 and midi.content[:4] == b"MThd"
+    upload = lab.post("/api/primers", content=(ROOT / "examples/call-and-response.mid").read_bytes()).json()
+    res = lab.post("/api/vary", json={"vae": "vary", "primer": upload["id"], "sigma": 0, "n": 1})
+    assert res.status_code == 200 and len(res.json()["phrases"]) == 2
+
+
+@needs_vae
+def test_morph_between_two_primers(lab: TestClient) -> None:
+    upload = lab.post("/api/primers", content=(ROOT / "examples/call-and-response.mid").read_bytes()).json()
+    body = {"vae": "vary", "a": {"recording": "liveduet-20261130-120000"}, "b": {"primer": upload["id"]}, "steps": 4}
+    res = lab.post("/api/morph", json=body)
+    assert res.status_code == 200, res.text
+    out = res.json()
+    window = 8 * 0.5  # the shipped VAE's window: 8 beats, at A's 120 bpm
+    assert [round(b - a, 3) for a, b in out["phrases"]] == [window] * 4
+    assert {n[4] for n in out["notes"]} == {1} and out["notes"][-1][1] <= 4 * window + 1e-6
+    assert lab.get(f"/api/results/{out['id']}/midi").content[:4] == b"MThd"
+
+
+@needs_vae
+def test_vary_and_morph_refusals_are_one_line_4xx_json(lab: TestClient, studio: Studio) -> None:
+    empty = mido.MidiFile()  # a valid file without a note
+    empty.tracks.append(mido.MidiTrack())
+    empty.save(studio.recordings / "empty.mid")
+    (studio.recordings / "broken.mid").write_bytes(b"MThd\x00\x00\x00\x06\x00\x01\x00\x01\xff\xff")
+    rec = "liveduet-20261130-120000"
+    cases = [
+        ("/api/vary", {"vae": "vary", "recording": rec, "sigma": -0.5}, 400, "sigma"),
+        ("/api/vary", {"vae": "vary", "recording": rec, "sigma": 11}, 400, "sigma"),
+        ("/api/vary", {"vae": "vary", "recording": rec, "n": 0}, 400, "n must"),
+        ("/api/vary", {"vae": "default", "recording": rec}, 400, "not a VAE"),  # a language model's folder
+        ("/api/morph", {"vae": "default", "a": {"recording": rec}, "b": {"recording": rec}}, 400, "not a VAE"),
+        ("/api/vary", {"vae": "nope", "recording": rec}, 404, "nope"),
+        ("/api/vary", {"vae": "vary"}, 400, "primer is required"),
+        ("/api/vary", {"vae": "vary", "recording": "empty"}, 422, "no notes"),
+        ("/api/vary", {"vae": "vary", "recording": "broken"}, 422, "the primer"),
+        ("/api/vary", {"vae": "vary", "primer": "gone"}, 404, "gone"),
+        ("/api/morph", {"vae": "vary", "a": {"recording": rec}, "steps": 3}, 400, "b: a primer"),
+        ("/api/morph", {"vae": "vary", "a": {"recording": rec}, "b": {"recording": "empty"}}, 422, "B has no notes"),
+        ("/api/morph", {"vae": "vary", "a": {"recording": rec}, "b": {"recording": rec}, "steps": 1}, 400, "steps"),
+        ("/api/morph", {"vae": "vary", "a": {"recording": rec, "path": "/etc"}, "b": {}}, 400, "a: unknown"),
+    ]
+    for path, body, status, words in cases:
+        res = lab.post(path, json=body)
+        assert res.status_code == status and words in res.json()["error"], (body, res.status_code, res.text)
+        assert "\n" not in res.json()["error"] and "Traceback" not in res.text
+    assert lab.post("/api/vary", content=b"{").status_code == 400

@@ -188,8 +188,10 @@ async function loadSessions() {
     `<tr data-id="${escapeHtml(s.id)}"><td>${escapeHtml(s.id)}</td><td>${s.date.replace("T", " ")}</td>`
     + `<td>${s.error ? "unreadable" : s.seconds.toFixed(1) + " s"}</td><td>${s.calls}</td><td>${s.answers}</td></tr>`).join("");
   for (const tr of $("session-list").tBodies[0].rows) tr.onclick = () => openSession(tr.dataset.id, tr);
-  $("gen-recording").innerHTML = '<option value="">none</option>'
+  const recordings = '<option value="">none</option>'
     + data.sessions.map((s) => `<option>${escapeHtml(s.id)}</option>`).join("");
+  $("gen-recording").innerHTML = recordings;
+  $("morph-recording").innerHTML = recordings;
 }
 
 async function openSession(id, row) {
@@ -219,38 +221,58 @@ function showPiece(prefix, base, notes, name) {
 
 // ---- generate -----------------------------------------------------------------------------------
 
-let primerId = null;
+let primerId = null, morphId = null;
+
+async function uploadPrimer(input, said) {  // a MIDI file → its id on the server (checked there), or null
+  const file = input.files[0];
+  if (!file) return null;
+  if (file.size > info.upload_limit) { said.textContent = `the file is over ${info.upload_limit} bytes`; return null; }
+  try {
+    const p = await api("/api/primers", { method: "POST", body: file, headers: { "content-type": "audio/midi" } });
+    said.textContent = `primer: ${p.notes} notes, ${p.seconds} s`;
+    return p.id;
+  } catch (e) { said.textContent = "⚠ " + e.message; return null; }
+}
+
+function primerOf(id, select) {  // the request's primer: an upload's id, else a recording's
+  return id ? { primer: id } : select.value ? { recording: select.value } : {};
+}
+
+async function post(path, req, what) {  // a generation, variation or morph → the result area
+  $("gen-said").textContent = what + "…";
+  try {
+    const r = await api(path, { method: "POST", body: JSON.stringify(req), headers: { "content-type": "application/json" } });
+    const phrases = r.phrases ? `, ${r.phrases.length} phrases` : "";
+    $("gen-said").textContent = `${r.tokens} tokens at ${r.bpm} bpm${phrases}` + (r.note ? ` (${r.note})` : "");
+    $("gen-result").hidden = false;
+    showPiece("gen", "/api/results/" + r.id, r.notes, "liveduet-" + r.id);
+  } catch (e) { $("gen-said").textContent = "⚠ " + e.message; }
+}
 
 async function setupGenerate() {
   if (!info.generate) { $("generate-off").hidden = false; $("gen-form").hidden = true; return; }
   const data = await api("/api/models");
-  $("gen-model").innerHTML = data.models.map((m) => `<option>${escapeHtml(m)}</option>`).join("");
-  $("gen-primer").onchange = async () => {
-    primerId = null;
-    const file = $("gen-primer").files[0];
-    if (!file) return;
-    if (file.size > info.upload_limit) { $("gen-said").textContent = `the file is over ${info.upload_limit} bytes`; return; }
-    try {
-      const p = await api("/api/primers", { method: "POST", body: file, headers: { "content-type": "audio/midi" } });
-      primerId = p.id;
-      $("gen-said").textContent = `primer: ${p.notes} notes, ${p.seconds} s`;
-    } catch (e) { $("gen-said").textContent = "⚠ " + e.message; }
-  };
-  $("gen-form").onsubmit = async (ev) => {
+  const family = (f) => data.models.filter((m) => (data.families || {})[m] === f);
+  const options = (names) => names.map((m) => `<option>${escapeHtml(m)}</option>`).join("");
+  $("gen-model").innerHTML = options(family("lm"));
+  $("gen-primer").onchange = async () => { primerId = await uploadPrimer($("gen-primer"), $("gen-said")); };
+  $("gen-form").onsubmit = (ev) => {
     ev.preventDefault();
-    const req = { model: $("gen-model").value, temperature: Number($("gen-temperature").value),
+    post("/api/generate", { model: $("gen-model").value, temperature: Number($("gen-temperature").value),
       top_p: Number($("gen-top-p").value), tokens: Number($("gen-tokens").value), bpm: Number($("gen-bpm").value),
-      complexity: Number($("gen-complexity").value), seed: Number($("gen-seed").value) };
-    if (primerId) req.primer = primerId; else if ($("gen-recording").value) req.recording = $("gen-recording").value;
-    $("gen-said").textContent = "generating…";
-    try {
-      const r = await api("/api/generate", { method: "POST", body: JSON.stringify(req),
-        headers: { "content-type": "application/json" } });
-      $("gen-said").textContent = `${r.tokens} tokens at ${r.bpm} bpm`;
-      $("gen-result").hidden = false;
-      showPiece("gen", "/api/results/" + r.id, r.notes, "liveduet-" + r.id);
-    } catch (e) { $("gen-said").textContent = "⚠ " + e.message; }
+      complexity: Number($("gen-complexity").value), seed: Number($("gen-seed").value),
+      ...primerOf(primerId, $("gen-recording")) }, "generating");
   };
+  // Vary and morph: any exported VAE folder among the models (liveduet vary / morph's own functions).
+  if (!family("vae").length) return;
+  $("vae-form").hidden = false;
+  $("vae-model").innerHTML = options(family("vae"));
+  $("morph-primer").onchange = async () => { morphId = await uploadPrimer($("morph-primer"), $("gen-said")); };
+  $("vary-go").onclick = () => post("/api/vary", { vae: $("vae-model").value, sigma: Number($("vae-sigma").value),
+    n: Number($("vae-n").value), seed: Number($("vae-seed").value), ...primerOf(primerId, $("gen-recording")) },
+  "varying");
+  $("morph-go").onclick = () => post("/api/morph", { vae: $("vae-model").value, steps: Number($("vae-steps").value),
+    a: primerOf(primerId, $("gen-recording")), b: primerOf(morphId, $("morph-recording")) }, "morphing");
 }
 
 function escapeHtml(s) {
