@@ -83,6 +83,7 @@ def test_commands_reach_the_engine_in_order_with_the_music() -> None:
     assert not any(m.type == "control_change" and m.control == 74 for _, m in out.sent), "controls are not thru"
     session.listener.callback(mido.Message("note_on", note=60, velocity=90))
     session.pump()
+    assert [(m.type, m.note) for _, _, m in session.played] == [("note_on", 60)], "the player's notes, for views"
     session.send(Panic())
     session.pump()
     assert e.state.value == "listening" and e.call is None

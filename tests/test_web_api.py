@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import warnings
+from collections import deque
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,6 +49,7 @@ class FakeSession:
         self.settings = load_live_settings(None)
         self.scheduler = Scheduler(lambda m: None, self.clock)
         self.sent: list[commands.Command] = []
+        self.played: deque = deque(maxlen=256)  # (number, time, message), as Session.route keeps them
         self.engine = EngineSnapshot(
             state="answering", bpm=120.0, beat=1.5, temperature=0.9, length_ratio=1.0,
             call_tokens=("C4", "d1", "E4", "d1", "G4", "d1"), answer_tokens=("E4", "d1"), calls=1, answers=1,
@@ -151,6 +153,8 @@ def test_live_frames_are_diffs_with_queued_notes_and_commands_reach_the_bus(stud
     session = FakeSession()
     session.scheduler.schedule(100.5, mido.Message("note_on", channel=1, note=67, velocity=80))
     session.scheduler.schedule(101.0, mido.Message("note_off", channel=1, note=67))
+    session.played.append((0, 95.0, mido.Message("note_on", note=50, velocity=70)))  # long ago: not replayed
+    session.played.append((1, 100.0, mido.Message("note_on", note=60, velocity=90)))
     client = TestClient(create_app(replace(studio, live=session)))
     with client.websocket_connect("/ws/live", headers={"origin": ORIGIN}) as ws:
         first = ws.receive_json()
@@ -159,9 +163,12 @@ def test_live_frames_are_diffs_with_queued_notes_and_commands_reach_the_bus(stud
         assert first["complexity"] == 0.5
         assert [n["pitch"] for n in first["notes"]] == [67] and first["notes"][0]["on"] == pytest.approx(0.5)
         assert [p for _, _, p in first["call"]] == [60, 64, 67]
+        assert first["player"] == [[1, 0.0, 60, 90, 0]]  # the player's notes as played: sounded on arrival
         session.engine = replace(session.engine, beat=2.0)
+        session.played.append((2, 100.0, mido.Message("note_off", note=60)))
         second = ws.receive_json()
         assert "notes" not in second and "state" not in second and second["beat"] == 2.0  # a diff
+        assert second["player"] == [[2, 0.0, 60, 0, 0]]  # the note-off: velocity 0
         session.engine = replace(session.engine, state="calling", call_tokens=("A4", "d1"))  # a new call
         third = ws.receive_json()
         assert [p for _, _, p in third["call"]] == [69] and [p for _, _, p in third["past_calls"]] == [60, 64, 67]

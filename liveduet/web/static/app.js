@@ -24,7 +24,7 @@ function showTab(name) {
 // ---- live ---------------------------------------------------------------------------------------
 
 const live = { state: {}, notes: new Map(), offset: null, ws: null, audio: null, voices: new Map(), played: 0,
-  drawn: 0 };
+  drawn: 0, keys: new Map(), playerPlayed: 0 };
 const DRAW_EVERY_MS = 33;  // ~30 frames a second is smooth enough and leaves the CPU to the duet
 
 function serverNow() { return live.offset === null ? 0 : performance.now() / 1000 - live.offset; }
@@ -50,6 +50,7 @@ function onFrame(f) {
     if (live.audio) playNote(n);
   }
   if (f.queued && live.audio) cancelUnqueued(new Set(f.queued));
+  for (const e of f.player || []) playPlayer(e);
   const horizon = serverNow() - WINDOW_S - 5;
   for (const [id, n] of live.notes) if (n.off < horizon) live.notes.delete(id);
   showState(f);
@@ -135,12 +136,14 @@ function setupControls() {
   };
   $("record").onclick = () => send({ type: "record" });
   $("panic").onclick = () => { send({ type: "panic" }); silenceAll(); };
-  $("sound").onchange = () => {
-    if ($("sound").checked) {
-      live.audio = live.audio || new AudioContext();
-      live.audio.resume();
-    } else silenceAll();
-  };
+  for (const id of ["sound", "sound-player"]) {
+    $(id).onchange = () => {
+      if ($(id).checked) {
+        live.audio = live.audio || new AudioContext();
+        live.audio.resume();
+      } else if (id === "sound") silenceAll(); else silenceKeys();
+    };
+  }
 }
 
 // ---- WebAudio: the answers on the AudioContext clock --------------------------------------------
@@ -177,6 +180,39 @@ function cancelUnqueued(queued) {  // an answer cut short (barge-in, panic): its
 function silenceAll() {
   for (const v of live.voices.values()) { try { v.osc.stop(); } catch (e) { /* not started yet */ } }
   live.voices.clear();
+  silenceKeys();
+}
+
+// The player's own notes: known only once played (the feed's frames, ≤ 10 a second), so they cannot
+// be scheduled ahead like the answers: each sounds on arrival, up to a frame late, until its note-off.
+function playPlayer([, , pitch, vel, ch]) {
+  const ctx = live.audio, key = ch * 128 + pitch;
+  if (!ctx || !$("sound-player").checked) return;
+  const held = live.keys.get(key);
+  if (held) {  // a note-off, or the same key struck again: the sounding one is released
+    held.gain.gain.cancelScheduledValues(ctx.currentTime);
+    held.gain.gain.setTargetAtTime(0, ctx.currentTime, 0.03);
+    try { held.osc.stop(ctx.currentTime + 0.2); } catch (e) { /* ended on its own */ }
+    live.keys.delete(key);
+  }
+  if (!vel) return;
+  const osc = ctx.createOscillator(), gain = ctx.createGain();
+  osc.type = "sine";
+  osc.frequency.value = 440 * Math.pow(2, (pitch - 69) / 12);
+  const t0 = ctx.currentTime, peak = 0.3 * vel / 127;
+  gain.gain.setValueAtTime(0, t0);
+  gain.gain.linearRampToValueAtTime(peak, t0 + 0.01);
+  gain.gain.exponentialRampToValueAtTime(peak * 0.3, t0 + 0.6);
+  osc.connect(gain).connect(ctx.destination);
+  osc.start(t0);
+  osc.stop(t0 + 8);  // a lost note-off still ends
+  live.keys.set(key, { osc, gain });
+  live.playerPlayed += 1;
+}
+
+function silenceKeys() {
+  for (const v of live.keys.values()) { try { v.osc.stop(); } catch (e) { /* already ended */ } }
+  live.keys.clear();
 }
 
 // ---- sessions -----------------------------------------------------------------------------------
