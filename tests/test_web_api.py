@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import warnings
+from collections import deque
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,8 +23,9 @@ from liveduet.live.session import SessionSnapshot
 from liveduet.live.sessionfile import build_midi
 from liveduet.live.settings import load_live_settings
 from liveduet.live.snapshot import EngineSnapshot
+from liveduet.model.sampling import complexity_weights
 from liveduet.web.app import Studio, create_app
-from liveduet.web.generation import MAX_UPLOAD_BYTES, complexity_weights
+from liveduet.web.generation import MAX_UPLOAD_BYTES
 from liveduet.web.guard import host_name, origin_host
 from liveduet.web.live import call_notes, diff, queued_notes
 from liveduet.web.server import StudioError, check_exposure
@@ -34,6 +36,7 @@ with warnings.catch_warnings():
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = Path(os.environ.get("LIVEDUET_MODEL") or ROOT / "models" / "default")
+VAE = ROOT / "models" / "vary"
 HOST = "testserver"  # the test client's Host header
 ORIGIN = "http://127.0.0.1:8765"
 
@@ -46,6 +49,7 @@ class FakeSession:
         self.settings = load_live_settings(None)
         self.scheduler = Scheduler(lambda m: None, self.clock)
         self.sent: list[commands.Command] = []
+        self.played: deque = deque(maxlen=256)  # (number, time, message), as Session.route keeps them
         self.engine = EngineSnapshot(
             state="answering", bpm=120.0, beat=1.5, temperature=0.9, length_ratio=1.0,
             call_tokens=("C4", "d1", "E4", "d1", "G4", "d1"), answer_tokens=("E4", "d1"), calls=1, answers=1,
@@ -90,6 +94,7 @@ def client(studio: Studio) -> TestClient:
 @pytest.mark.parametrize(("data", "cmd"), [
     ({"type": "temperature", "value": 0.5}, commands.SetTemperature(0.5)),
     ({"type": "length", "value": 2}, commands.SetLength(2.0)),
+    ({"type": "complexity", "value": 0.75}, commands.SetComplexity(0.75)),
     ({"type": "mode", "value": "echo"}, commands.SetMode("echo")),
     ({"type": "lock", "value": None}, commands.LockScale(None)),
     ({"type": "lock", "value": "call"}, commands.LockScale(commands.CALL_KEY)),
@@ -106,6 +111,7 @@ def test_json_commands(data: dict, cmd: commands.Command) -> None:
     [], "panic", {"type": "quit"}, {"type": "temperature"}, {"type": "temperature", "value": 9},
     {"type": "temperature", "value": True}, {"type": "temperature", "value": float("nan")},
     {"type": "mode", "value": "karaoke"}, {"type": "lock", "value": 12}, {"type": "lock", "value": "C"},
+    {"type": "complexity", "value": 1.5}, {"type": "complexity", "value": "dense"},
 ])
 def test_bad_json_commands_say_why(data: object) -> None:
     with pytest.raises(commands.CommandError) as err:
@@ -147,32 +153,40 @@ def test_live_frames_are_diffs_with_queued_notes_and_commands_reach_the_bus(stud
     session = FakeSession()
     session.scheduler.schedule(100.5, mido.Message("note_on", channel=1, note=67, velocity=80))
     session.scheduler.schedule(101.0, mido.Message("note_off", channel=1, note=67))
+    session.played.append((0, 95.0, mido.Message("note_on", note=50, velocity=70)))  # long ago: not replayed
+    session.played.append((1, 100.0, mido.Message("note_on", note=60, velocity=90)))
     client = TestClient(create_app(replace(studio, live=session)))
     with client.websocket_connect("/ws/live", headers={"origin": ORIGIN}) as ws:
         first = ws.receive_json()
         assert first["state"] == "answering" and first["temperature"] == 0.9 and first["modes"] == list(commands.MODES)
         assert first["warnings"] == ["output port lost: Synth"] and first["variation"] == 0.5
+        assert first["complexity"] == 0.5
         assert [n["pitch"] for n in first["notes"]] == [67] and first["notes"][0]["on"] == pytest.approx(0.5)
         assert [p for _, _, p in first["call"]] == [60, 64, 67]
+        assert first["player"] == [[1, 0.0, 60, 90, 0]]  # the player's notes as played: sounded on arrival
         session.engine = replace(session.engine, beat=2.0)
+        session.played.append((2, 100.0, mido.Message("note_off", note=60)))
         second = ws.receive_json()
         assert "notes" not in second and "state" not in second and second["beat"] == 2.0  # a diff
+        assert second["player"] == [[2, 0.0, 60, 0, 0]]  # the note-off: velocity 0
         session.engine = replace(session.engine, state="calling", call_tokens=("A4", "d1"))  # a new call
         third = ws.receive_json()
         assert [p for _, _, p in third["call"]] == [69] and [p for _, _, p in third["past_calls"]] == [60, 64, 67]
         ws.send_text(json.dumps({"type": "panic"}))
         ws.send_text(json.dumps({"type": "temperature", "value": 1.3}))
+        ws.send_text(json.dumps({"type": "complexity", "value": 0.8}))
         ws.send_text(json.dumps({"type": "record"}))
         ws.send_text(json.dumps({"type": "temperature", "value": 7}))
         ws.send_text("not json")
         replies = []
-        while len(replies) < 5:
+        while len(replies) < 6:
             msg = ws.receive_json()
             if "ack" in msg or "error" in msg:
                 replies.append(msg)
-    assert session.sent == [commands.Panic(), commands.SetTemperature(1.3), commands.Record()]
-    assert replies[2] == {"ack": "Record", "said": "recording to x.mid"}
-    assert "0.1..2" in replies[3]["error"] and "JSON" in replies[4]["error"]
+    assert session.sent == [commands.Panic(), commands.SetTemperature(1.3), commands.SetComplexity(0.8),
+                            commands.Record()]
+    assert replies[3] == {"ack": "Record", "said": "recording to x.mid"}
+    assert "0.1..2" in replies[4]["error"] and "JSON" in replies[5]["error"]
 
 
 def test_websocket_from_another_origin_is_refused(studio: Studio) -> None:
@@ -361,3 +375,92 @@ def test_scores_musicxml_by_music21_and_svg_by_lilypond(client: TestClient, stud
         assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg+xml"), svg.text
     finally:
         media.close()
+
+
+# ---- vary and morph (the phrase VAE) -------------------------------------------------------------------
+
+needs_vae = pytest.mark.skipif(not (VAE / "card.json").exists() or not (MODEL / "card.json").exists(),
+                               reason="no shipped VAE or model")
+
+
+@pytest.fixture
+def lab(studio: Studio) -> TestClient:
+    return TestClient(create_app(replace(studio, models={"default": MODEL, "vary": VAE})),
+                      raise_server_exceptions=False)
+
+
+@needs_vae
+def test_vary_a_recording_and_an_upload_with_the_cli_functions(lab: TestClient) -> None:
+    from liveduet.commands.vary import phrase_events, variations
+    from liveduet.model.vae_export import load_vae
+    from liveduet.music.midifile import read_midi
+
+    assert lab.get("/api/models").json()["families"] == {"default": "lm", "vary": "vae"}
+    body = {"vae": "vary", "recording": "liveduet-20261130-120000", "sigma": 0.7, "n": 3, "seed": 5}
+    res = lab.post("/api/vary", json=body)
+    assert res.status_code == 200, res.text
+    out = res.json()
+    # The primer (part 0), then three variations each exactly as long (the VAE's invariant), back to back.
+    spans = [round(b - a, 4) for a, b in out["phrases"]]
+    assert len(spans) == 4 and len(set(spans)) == 1 and out["bpm"] == 120.0
+    assert [n[2] for n in out["notes"] if n[4] == 0] == [60, 64] and any(n[4] == 1 for n in out["notes"])
+    # The same notes `liveduet vary` would write: its functions, same seed.
+    vae = load_vae(VAE)
+    primer = phrase_events(read_midi(lab.app.app.state.generator.recordings / "liveduet-20261130-120000.mid"), vae)
+    expected = variations(vae, primer, 0.7, 3, 5)
+    got = sorted((round(n[0] * 24), n[2]) for n in out["notes"] if n[4] == 1)  # twelfths at 120 bpm
+    from liveduet.music.tokens import events_to_notes
+
+    pos, want = sum(d for _, d in primer), []
+    for phrase in expected:
+        want += [(on, p) for on, _, p in events_to_notes(phrase, pos)]
+        pos += sum(d for _, d in phrase)
+    assert got == sorted(want)
+    midi = lab.get(f"/api/results/{out['id']}/midi")
+    assert midi.status_code == 200 and midi.content[:4] == b"MThd"
+    upload = lab.post("/api/primers", content=(ROOT / "examples/call-and-response.mid").read_bytes()).json()
+    res = lab.post("/api/vary", json={"vae": "vary", "primer": upload["id"], "sigma": 0, "n": 1})
+    assert res.status_code == 200 and len(res.json()["phrases"]) == 2
+
+
+@needs_vae
+def test_morph_between_two_primers(lab: TestClient) -> None:
+    upload = lab.post("/api/primers", content=(ROOT / "examples/call-and-response.mid").read_bytes()).json()
+    body = {"vae": "vary", "a": {"recording": "liveduet-20261130-120000"}, "b": {"primer": upload["id"]}, "steps": 4}
+    res = lab.post("/api/morph", json=body)
+    assert res.status_code == 200, res.text
+    out = res.json()
+    window = 8 * 0.5  # the shipped VAE's window: 8 beats, at A's 120 bpm
+    assert [round(b - a, 3) for a, b in out["phrases"]] == [window] * 4
+    assert {n[4] for n in out["notes"]} == {1} and out["notes"][-1][1] <= 4 * window + 1e-6
+    assert lab.get(f"/api/results/{out['id']}/midi").content[:4] == b"MThd"
+
+
+@needs_vae
+def test_vary_and_morph_refusals_are_one_line_4xx_json(lab: TestClient, studio: Studio) -> None:
+    empty = mido.MidiFile()  # a valid file without a note
+    empty.tracks.append(mido.MidiTrack())
+    empty.save(studio.recordings / "empty.mid")
+    (studio.recordings / "broken.mid").write_bytes(b"MThd\x00\x00\x00\x06\x00\x01\x00\x01\xff\xff")
+    rec = "liveduet-20261130-120000"
+    cases = [
+        ("/api/vary", {"vae": "vary", "recording": rec, "sigma": -0.5}, 400, "sigma"),
+        ("/api/vary", {"vae": "vary", "recording": rec, "sigma": 11}, 400, "sigma"),
+        ("/api/vary", {"vae": "vary", "recording": rec, "n": 0}, 400, "n must"),
+        ("/api/vary", {"vae": "default", "recording": rec}, 400, "not a VAE"),  # a language model's folder
+        ("/api/morph", {"vae": "default", "a": {"recording": rec}, "b": {"recording": rec}}, 400, "not a VAE"),
+        ("/api/vary", {"vae": "nope", "recording": rec}, 404, "nope"),
+        ("/api/vary", {"vae": "vary"}, 400, "primer is required"),
+        ("/api/vary", {"vae": "vary", "recording": "empty"}, 422, "no notes"),
+        ("/api/vary", {"vae": "vary", "recording": "broken"}, 422, "the primer"),
+        ("/api/vary", {"vae": "vary", "primer": "gone"}, 404, "gone"),
+        ("/api/morph", {"vae": "vary", "a": {"recording": rec}, "steps": 3}, 400, "b: a primer"),
+        ("/api/morph", {"vae": "vary", "a": {"recording": rec}, "b": {"recording": "empty"}}, 422, "B has no notes"),
+        ("/api/morph", {"vae": "vary", "a": {"recording": rec}, "b": {"recording": rec}, "steps": 1}, 400, "steps"),
+        ("/api/morph", {"vae": "vary", "a": {"recording": rec, "path": "/etc"}, "b": {}}, 400, "a: unknown"),
+    ]
+    for path, body, status, words in cases:
+        res = lab.post(path, json=body)
+        assert res.status_code == status and words in res.json()["error"], (body, res.status_code, res.text)
+        assert "\n" not in res.json()["error"] and "Traceback" not in res.text
+    assert lab.post("/api/vary", content=b"{").status_code == 400

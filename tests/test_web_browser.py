@@ -1,7 +1,9 @@
-"""The studio in a real browser (Debian's chromium through chromedriver, no browser download), beside
-a real duet: `liveduet run --in FILE.mid --out SYNTH --web PORT` on a JACK dummy server. The live
-page's piano roll fills, its panic button reaches the synth as all-notes-off, a recording opens with
-its audio loaded. Screenshots go to tests/artifacts/ (gitignored), kept for a look after CI."""
+"""The studio in a real browser (Debian's chromium through chromedriver, no browser download), beside a
+real duet: `liveduet run --in FILE.mid --out SYNTH --web PORT` on a JACK dummy server. The live
+page's piano roll fills, WebAudio plays the answers and (second toggle) the player's notes, its
+panic button reaches the synth as all-notes-off, a recording opens with its audio loaded; the
+Generate tab generates, and varies an uploaded primer with the shipped VAE. Screenshots go to
+tests/artifacts/ (gitignored), kept for a look after CI."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from liveduet.live.sessionfile import build_midi
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = Path(os.environ.get("LIVEDUET_MODEL") or ROOT / "models" / "default")
+VAE = ROOT / "models" / "vary"
 ARTIFACTS = ROOT / "tests" / "artifacts"
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 JACK = "mido.backends.rtmidi/UNIX_JACK"
@@ -123,12 +126,14 @@ def test_live_page_during_a_jack_duet(jack_server, tmp_path: Path) -> None:
         driver.get(url)
         wait_for(lambda: driver.execute_script("return live.offset !== null"), 15, "the first live frame")
         driver.find_element("id", "sound").click()  # WebAudio on: answer notes get scheduled in the page
+        driver.find_element("id", "sound-player").click()  # and the player's, on arrival
         wait_for(lambda: driver.execute_script("return live.notes.size") > 0, 30, "answer notes on the page")
         time.sleep(0.5)  # the roll draws on the next animation frames
         assert driver.execute_script(NOTE_PIXELS, "roll") > 50, "the piano roll shows notes"
         state = driver.execute_script("return live.state")
         assert state["answers"] >= 1 and state["bpm"] == 120.0 and state["modes"][0] == "call"
         wait_for(lambda: driver.execute_script("return live.played") > 0, 10, "answer notes scheduled in WebAudio")
+        wait_for(lambda: driver.execute_script("return live.playerPlayed") > 0, 20, "the player's notes in WebAudio")
         driver.save_screenshot(str(ARTIFACTS / "studio-live.png"))
 
         before = synth.all_notes_off()
@@ -166,7 +171,8 @@ def test_generate_tab_in_the_browser(tmp_path: Path) -> None:
     from liveduet.web.server import WebServer
 
     ARTIFACTS.mkdir(exist_ok=True)
-    studio = Studio(recordings=tmp_path, models={"default": MODEL}, media=Media(tmp_path / "cache"))
+    models = {"default": MODEL, **({"vary": VAE} if (VAE / "card.json").exists() else {})}
+    studio = Studio(recordings=tmp_path, models=models, media=Media(tmp_path / "cache"))
     server = WebServer(create_app(studio), port=0)
     server.start()
     driver = None
@@ -185,6 +191,16 @@ def test_generate_tab_in_the_browser(tmp_path: Path) -> None:
             wait_for(lambda: driver.execute_script("return document.getElementById('gen-audio').readyState") >= 1,
                      30, "the piece's audio to load")
         driver.save_screenshot(str(ARTIFACTS / "studio-generate.png"))
+        if "vary" in models:  # the same primer, varied by the phrase VAE
+            driver.find_element("id", "gen-primer").send_keys(str(ROOT / "examples/call-and-response.mid"))
+            wait_for(lambda: "primer:" in driver.find_element("id", "gen-said").text, 10, "the primer uploaded")
+            n = driver.find_element("id", "vae-n")
+            n.clear()
+            n.send_keys("2")
+            driver.find_element("id", "vary-go").click()
+            wait_for(lambda: "3 phrases" in driver.find_element("id", "gen-said").text, 30, "the variations")
+            wait_for(lambda: driver.execute_script(NOTE_PIXELS, "gen-roll") > 20, 10, "the variations' roll")
+            driver.save_screenshot(str(ARTIFACTS / "studio-vary.png"))
     finally:
         if driver is not None:
             driver.quit()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+STEPS_RANGE = (2, 64)  # phrases from A to B, both included
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -34,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from liveduet.live.vary import morph_events
     from liveduet.model.vae_export import load_vae
 
-    if not 2 <= args.steps <= 64:
-        raise ConfigError(f"--steps must be 2..64, got {args.steps}")
+    if not STEPS_RANGE[0] <= args.steps <= STEPS_RANGE[1]:
+        raise ConfigError(f"--steps must be {STEPS_RANGE[0]}..{STEPS_RANGE[1]}, got {args.steps}")
     check_bpm(args.bpm)
     check_output_file(args.out, "the MIDI file", force=args.force)
     vae = load_vae(args.model)

@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "studio", help="the web studio: recordings as piano rolls, audio and scores; generation",
         description="Serve the web studio: the recordings folder as a list (each opens as a piano roll, plays in "
         "the browser, downloads as .mid, opens as a score) and the generator (model, temperature, top-p, length, "
-        "tempo, complexity, a primer). Opens no browser by itself. The live page of a duet is served by "
+        "tempo, complexity, a primer; vary and morph a primer with a VAE folder). Opens no browser by itself."
+        " The live page of a duet is served by "
         "`liveduet run ... --web`.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free one)")

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from liveduet.commands.generate import VELOCITY
+
+if TYPE_CHECKING:
+    import mido
+
+    from liveduet.music.midifile import MidiNotes
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,33 +41,58 @@ def add_keep_key(p: argparse.ArgumentParser) -> None:
                    "among its own pitch classes)")
 
 
+SIGMA_MAX = 10.0  # σ beyond this decodes noise; `vary` and the studio refuse it
+
+
+def phrase_events(midi: MidiNotes, vae: Any) -> list:
+    """A file's notes as the VAE's events (quantised, chords mapped into its vocabulary); MidiFileError
+    when it has none. `vary`, `morph` and the studio's Generate tab read phrases through this."""
+    from liveduet.errors import MidiFileError
+    from liveduet.music.tokens import tokenize_notes
+
+    events = tokenize_notes(midi.notes, vae.vocab.settings, midi.pedal)
+    if not any(p for p, _ in events):
+        raise MidiFileError("has no notes (an empty phrase cannot be varied)")
+    return list(vae.vocab.decode(vae.vocab.encode(events)))
+
+
+def variations(vae: Any, events: list, sigma: float, n: int, seed: int, keep_key: bool = True) -> list[list]:
+    """N variations of a phrase at σ, the k-th from seed·1000 + k (same seed, same variations)."""
+    from liveduet.live.vary import vary_events
+
+    return [vary_events(vae, events, sigma, seed=seed * 1000 + k, keep_key=keep_key) for k in range(n)]
+
+
+def phrase_midi(events: list, bpm: float, title: str) -> mido.MidiFile:
+    """Events → a one-track piano MIDI file at `bpm`."""
+    from liveduet.music.midifile import notes_to_midi
+    from liveduet.music.tokens import TICKS, events_to_notes
+
+    notes = [(on / TICKS, off / TICKS, pitch, VELOCITY) for on, off, pitch in events_to_notes(events)]
+    title = title.encode("latin-1", "replace").decode("latin-1")  # what a MIDI track name can hold
+    return notes_to_midi(notes, bpm=bpm, track_name=title)
+
+
 def read_phrase(path: Path, vae: Any) -> tuple[list, float]:
-    """A MIDI file's notes as the VAE's events (quantised, chords mapped into its vocabulary), and its tempo."""
+    """A MIDI file's notes as the VAE's events, and its tempo; errors name the file."""
     from liveduet.errors import MidiFileError
     from liveduet.music.midifile import read_midi
-    from liveduet.music.tokens import tokenize_notes
 
     try:
         midi = read_midi(path)
+        return phrase_events(midi, vae), midi.first_bpm
     except MidiFileError as err:  # the reader's reasons name no file: say which one
         raise MidiFileError(f"{path}: {err}") from err
-    events = tokenize_notes(midi.notes, vae.vocab.settings, midi.pedal)
-    if not any(p for p, _ in events):
-        raise MidiFileError(f"{path}: has no notes (an empty phrase cannot be varied)")
-    return list(vae.vocab.decode(vae.vocab.encode(events))), midi.first_bpm
 
 
 def write_phrase(events: list, bpm: float, path: Path, force: bool, title: str) -> None:
     """Events → a piano MIDI file at `bpm`, written atomically."""
     from liveduet.errors import OutputPathError
     from liveduet.fsutil import os_error_line
-    from liveduet.music.midifile import notes_to_midi, save_atomic
-    from liveduet.music.tokens import TICKS, events_to_notes
+    from liveduet.music.midifile import save_atomic
 
-    notes = [(on / TICKS, off / TICKS, pitch, VELOCITY) for on, off, pitch in events_to_notes(events)]
-    title = title.encode("latin-1", "replace").decode("latin-1")  # what a MIDI track name can hold
     try:
-        save_atomic(notes_to_midi(notes, bpm=bpm, track_name=title), path, force=force)
+        save_atomic(phrase_midi(events, bpm, title), path, force=force)
     except OSError as err:
         raise OutputPathError(f"cannot write {path}: {os_error_line(err)}") from err
 
@@ -77,12 +107,11 @@ def check_bpm(bpm: float | None) -> None:
 def run(args: argparse.Namespace) -> int:
     from liveduet.errors import ConfigError, OutputPathError
     from liveduet.fsutil import check_output_folder
-    from liveduet.live.vary import vary_events
     from liveduet.model.vae_export import load_vae
     from liveduet.music.tokens import TICKS
 
-    if not args.sigma >= 0 or args.sigma > 10:  # NaN fails too
-        raise ConfigError(f"--sigma must be in 0..10, got {args.sigma}")
+    if not 0 <= args.sigma <= SIGMA_MAX:  # NaN fails too
+        raise ConfigError(f"--sigma must be in 0..{SIGMA_MAX:g}, got {args.sigma}")
     if not 1 <= args.n <= 1000:
         raise ConfigError(f"--n must be 1..1000, got {args.n}")
     check_bpm(args.bpm)
@@ -95,8 +124,7 @@ def run(args: argparse.Namespace) -> int:
     if taken and not args.force:
         raise OutputPathError(f"{taken[0]} exists (use --force to overwrite)")
     args.out.mkdir(parents=True, exist_ok=True)
-    for k, path in enumerate(paths):
-        varied = vary_events(vae, events, args.sigma, seed=args.seed * 1000 + k, keep_key=args.keep_key)
+    for path, varied in zip(paths, variations(vae, events, args.sigma, args.n, args.seed, args.keep_key), strict=True):
         write_phrase(varied, bpm, path, force=True, title=f"liveduet vary sigma={args.sigma:g}")
     beats = sum(d for _, d in events) / TICKS
     print(f"wrote {args.n} variation(s) of {args.call} ({beats:g} beats at {bpm:g} bpm, σ = {args.sigma:g}) "

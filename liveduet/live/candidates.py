@@ -179,6 +179,10 @@ class CandidateSampler:
         self.batch = None
         self.base.follow_register(mean, spread, strength)
 
+    def set_complexity(self, value: float) -> None:
+        self.batch = None
+        self.base.set_complexity(value)
+
     # -- sampling --------------------------------------------------------------------------------
     def sample_event(self) -> Event | None:
         if self.k == 1 or self.base.allow_eos or (not self.plan and self.base.expects_duration):

@@ -20,6 +20,8 @@ from liveduet.live.settings import LiveSettings
 TEMPERATURE_RANGE = (0.1, 2.0)  # safe .. wild
 LENGTH_RANGE = (0.25, 2.0)  # answer length as a share of the call
 VARIATION_RANGE = (0.0, 2.0)  # vary mode's σ: a near-copy .. far from the call
+COMPLEXITY_RANGE = (0.0, 1.0)  # note density: sparse .. dense (model/sampling.py)
+COMPLEXITY_NEUTRAL = 0.5  # as the model plays: no bias
 MODES = ("call", "echo", "accompany", "vary")
 CALL_KEY = -1  # LockScale(CALL_KEY): the key of the current (or last) call
 
@@ -37,6 +39,11 @@ class SetLength:
 @dataclass(frozen=True)
 class SetVariation:
     value: float  # vary mode's σ
+
+
+@dataclass(frozen=True)
+class SetComplexity:
+    value: float  # note density of the model's answers: a bias on their durations
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,8 @@ class Quit:
     pass
 
 
-Command = SetTemperature | SetLength | SetVariation | SetMode | LockScale | Panic | EndCall | Record | Quit
+Command = (SetTemperature | SetLength | SetVariation | SetComplexity | SetMode | LockScale | Panic | EndCall | Record
+           | Quit)
 
 
 def clamp(value: float, bounds: tuple[float, float]) -> float:
@@ -85,7 +93,7 @@ def scaled(value: int, bounds: tuple[float, float]) -> float:
 def from_control(msg: mido.Message, settings: LiveSettings, min_pitch: int) -> Command | None:
     """The command a controller or keyswitch message means, or None when it is music (or nothing).
 
-    Control changes: temperature, answer length, panic, scale lock, the end gesture's controller.
+    Control changes: temperature, answer length, complexity, panic, scale lock, the end gesture's controller.
     Keyswitches (note-ons below the instrument's range): 0..11 lock that major scale, 12.. unlock."""
     c = settings.controls
     if msg.type == "control_change":
@@ -97,6 +105,8 @@ def from_control(msg: mido.Message, settings: LiveSettings, min_pitch: int) -> C
             return SetTemperature(scaled(msg.value, TEMPERATURE_RANGE))
         if msg.control == c.length_cc:
             return SetLength(scaled(msg.value, LENGTH_RANGE))
+        if msg.control == c.complexity_cc:
+            return SetComplexity(scaled(msg.value, COMPLEXITY_RANGE))
         if msg.control == c.panic_cc:
             return Panic()
         if settings.phrase.end_gesture == "cc" and msg.control == settings.phrase.end_cc and msg.value >= 64:
@@ -111,14 +121,14 @@ def is_control(msg: mido.Message, settings: LiveSettings) -> bool:
     """Controller messages that steer liveduet (kept out of thru and the recording)."""
     c = settings.controls
     return msg.type == "control_change" and msg.control in {
-        x for x in (c.temperature_cc, c.length_cc, c.panic_cc) if x >= 0}
+        x for x in (c.temperature_cc, c.length_cc, c.complexity_cc, c.panic_cc) if x >= 0}
 
 
 class CommandError(LiveduetError):
     """A control message from a client (the web page) that means no command; the reason in one line."""
 
 
-JSON_TYPES = ("temperature", "length", "variation", "mode", "lock", "panic", "record", "end_call")
+JSON_TYPES = ("temperature", "length", "variation", "complexity", "mode", "lock", "panic", "record", "end_call")
 
 
 def _number(data: dict, bounds: tuple[float, float]) -> float:
@@ -133,9 +143,9 @@ def _number(data: dict, bounds: tuple[float, float]) -> float:
 def from_json(data: object, modes: tuple[str, ...] = MODES) -> Command:
     """The command a JSON control message means (the web page's controls), or CommandError.
 
-    {"type": "temperature" | "length", "value": number in its range}, {"type": "mode", "value": one
-    of `modes`}, {"type": "lock", "value": null (unlock) | "call" | 0..11}, {"type": "panic" |
-    "record" | "end_call"}. Quit is not among them: a page may steer the duet, not end the process."""
+    {"type": "temperature" | "length" | "variation" | "complexity", "value": number in its range},
+    {"type": "mode", "value": one of `modes`}, {"type": "lock", "value": null (unlock) | "call" | 0..11},
+    {"type": "panic" | "record" | "end_call"}. Quit is not among them: a page steers the duet, never ends it."""
     if not isinstance(data, dict):
         raise CommandError(f"a command is a JSON object, got {type(data).__name__}")
     kind = data.get("type")
@@ -145,6 +155,8 @@ def from_json(data: object, modes: tuple[str, ...] = MODES) -> Command:
         return SetLength(_number(data, LENGTH_RANGE))
     if kind == "variation":
         return SetVariation(_number(data, VARIATION_RANGE))
+    if kind == "complexity":
+        return SetComplexity(_number(data, COMPLEXITY_RANGE))
     if kind == "mode":
         if data.get("value") not in modes:
             raise CommandError(f"mode: value must be one of {', '.join(modes)}, got {data.get('value')!r}")

@@ -3,12 +3,13 @@
 It carries out the state machine's actions (phrase.py): the call side — the streaming tokenizer
 (the one training used, reading live input as a performance), the sampler's cached model state,
 what it remembers between calls (memory.py), when the call ends (entry.py) — and hands the answer
-to answer.py, which listens to the call and plays the answer out; grid.py keeps the beat grid and
-commands.py is how every control surface reaches it. It is driven by three calls from one thread —
-`handle(t, msg)` for each input message, `command(cmd, t)` for each command, `tick(now)` between
-them — and never sleeps, so tests drive it with a manual clock and a fake port, microsecond by
-microsecond. Invariant: an answer's notes are scheduled only between END_CALL and the answer's end
-or its cancellation, and a cancelled (ENTERING) answer leaves the model exactly as before END_CALL.
+to answer.py, which listens to the call and plays the answer out; grid.py keeps the beat grid,
+commands.py is how every control surface reaches it and controls.py what each command changes. It
+is driven by three calls from one thread — `handle(t, msg)` for each input message, `command(cmd,
+t)` for each command, `tick(now)` between them — and never sleeps, so tests drive it with a manual
+clock and a fake port, microsecond by microsecond. Invariant: an answer's notes are scheduled only
+between END_CALL and the answer's end or its cancellation, and a cancelled (ENTERING) answer leaves
+the model exactly as before END_CALL.
 
 Timing: the call's tokens are stepped through the model as they are played, so when the call
 ends only the answer is left to compute; the answer is generated `lookahead_s` ahead of the
@@ -43,6 +44,7 @@ from liveduet.live.answer import (
     summary_pct,
     tokenize_message,
 )
+from liveduet.live.controls import Controls
 from liveduet.live.grid import Grid
 from liveduet.live.listener import CLOCK_TYPES
 from liveduet.live.phrase import Action, Input, State, transition
@@ -50,7 +52,6 @@ from liveduet.live.scheduler import Scheduler
 from liveduet.live.settings import LiveSettings
 from liveduet.live.snapshot import EngineSnapshot, snapshot_of
 from liveduet.live.tempo import estimate_bpm
-from liveduet.music.theory import best_major, major_scale, scale_name
 from liveduet.music.tokens import TICKS, Event, StreamTokenizer, Vocabulary
 
 RETEMPO = 0.08  # re-tokenize the call when its estimated tempo differs by more than this share
@@ -58,7 +59,7 @@ ENTRY_WINDOW_S = 0.015  # a bar-line entry is planned within this long before it
 IDLE_BEATS = 8  # no input at all for this long ends a call even with keys down (lost note-offs)
 
 
-class Engine:
+class Engine(Controls):
     def __init__(
         self,
         settings: LiveSettings,
@@ -83,6 +84,8 @@ class Engine:
         self.temperature = settings.answer.temperature
         self.length_ratio = settings.answer.length_ratio
         sampler.temperature = self.temperature
+        self.complexity = commands.COMPLEXITY_NEUTRAL
+        self.set_complexity(settings.answer.complexity)
         self.keys: set[tuple[int, int]] = set()
         self.pedal = False
         self.silent_since: float | None = None
@@ -153,31 +156,6 @@ class Engine:
             self.keys.discard((msg.channel, msg.note))
             self._update_silence(t)
             self._apply(Input.NOTE_OFF, t, msg)
-
-    def command(self, cmd: commands.Command, t: float) -> None:
-        """A command from any control surface (live/commands.py), on the engine thread."""
-        if isinstance(cmd, commands.SetTemperature):
-            self.set_temperature(cmd.value)
-        elif isinstance(cmd, commands.SetLength):
-            self.length_ratio = commands.clamp(cmd.ratio, commands.LENGTH_RANGE)
-        elif isinstance(cmd, commands.SetVariation):
-            self.varier.sigma = commands.clamp(cmd.value, commands.VARIATION_RANGE)
-        elif isinstance(cmd, commands.SetMode):
-            if cmd.mode in commands.MODES:
-                self.mode = cmd.mode  # from the next call on
-        elif isinstance(cmd, commands.LockScale):
-            self._lock(self._call_key() if cmd.tonic == commands.CALL_KEY else cmd.tonic)
-        elif isinstance(cmd, commands.Panic):
-            self._apply(Input.PANIC, t, None)
-        elif isinstance(cmd, commands.EndCall) and self.state is State.CALLING:
-            self._apply(Input.END_GESTURE, t, None)
-
-    def set_temperature(self, value: float) -> None:
-        self.temperature = commands.clamp(value, commands.TEMPERATURE_RANGE)
-        self.sampler.temperature = self.temperature
-
-    def panic(self, t: float) -> None:
-        self.command(commands.Panic(), t)
 
     def tick(self, now: float) -> None:
         """Time passes: close chords, detect the end of the call, generate ahead, finish answers."""
@@ -428,16 +406,6 @@ class Engine:
     def _end_accompaniment(self, now: float) -> None:
         self._feed(self.tokenizer.flush(self._beat(now)))
         self._finish_answer(now, stopped=True)
-
-    def _call_key(self) -> int | None:
-        """The key of the current (or last) call, from every note struck in it."""
-        messages = self.call.messages if self.call else []
-        return best_major(m.note for _, m in messages if m.type == "note_on")
-
-    def _lock(self, tonic: int | None) -> None:
-        self.sampler.set_pitch_classes(None if tonic is None else set(major_scale(tonic)))
-        self.lock = None if tonic is None else scale_name(tonic)
-        self.log(f"scale lock: {self.lock or 'off'}")
 
     def on_sent(self, msg: mido.Message, due: float, actual: float) -> None:
         """The scheduler's hook (its thread): lateness of the answer's messages."""

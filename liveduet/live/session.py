@@ -17,10 +17,12 @@ the scheduler's panic closes every note first.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 
 SWITCH_INTERVAL_S = 0.0005  # the GIL changes hands at least this often (Python's default: 5 ms)
 SNAPSHOT_EVERY_S = 0.1
+PLAYED_KEPT = 256  # the player's latest note messages, for views (the web page's sound of your notes)
 ENGINE_QUEUE = 512  # messages waiting for the engine thread: a human plays far fewer between two of its turns
 
 
@@ -122,6 +125,9 @@ class Session:
         self._next_snapshot = 0.0  # when `pump` publishes the next one (the engine thread keeps its own)
         self._late_sent, self._late_p99 = -1, 0.0
         self.answers_done = threading.Event()
+        # The player's note messages as routed, (number, time, message): views copy it, nothing waits on it.
+        self.played: deque[tuple[int, float, mido.Message]] = deque(maxlen=PLAYED_KEPT)
+        self._played_n = itertools.count()
 
     # ---- ports ------------------------------------------------------------------------------------
 
@@ -192,6 +198,8 @@ class Session:
         rec = self.recorder
         if rec is not None and not control:
             rec.record_player(msg, t)
+        if msg.type in ("note_on", "note_off"):
+            self.played.append((next(self._played_n), t, msg))
         kept = clean(msg) or msg
         self._to_engine.offer(t, kept, kept)
 

@@ -41,6 +41,7 @@ class AnswerSettings:
     follow_register: float = 1.0  # bias toward the call's register (0: off)
     mirror: bool = True  # velocity contour, articulation and swing follow the call's (live/expression.py)
     variation: float = 0.5  # vary mode: σ of z' = z + σ·ε (0: a near-copy); the mod wheel in vary mode
+    complexity: float = 0.5  # note density of the model's answers, 0..1 (0.5: no bias); live on controls.complexity_cc
     vary_model: str = ""  # vary mode: the phrase VAE's folder ("": models/vary)
     candidates: int = 1  # > 1: sample this many continuations per stretch, play the critic's pick (live/candidates.py)
 
@@ -71,6 +72,7 @@ class TempoSettings:
 class ControlSettings:
     temperature_cc: int = 1  # the mod wheel: 0..127 → 0.1..2.0
     length_cc: int = 74  # 0..127 → answer length ratio 0.25..2.0
+    complexity_cc: int = 71  # 0..127 → note density 0..1 (CC 71, a "sound controller" knob beside 74)
     panic_cc: int = 123  # all notes off from the keyboard also silences liveduet
     lock_cc: int = 80  # >= 64: answers keep to the key of the last call; < 64: free
     keyswitches: bool = True  # keys below A0: 0..11 lock to that major scale (C..B), 12..20 unlock
@@ -115,10 +117,12 @@ class LiveSettings:
             ("tempo.min_bpm", t.min_bpm, 20 <= t.min_bpm < t.max_bpm <= 300),
             ("controls.temperature_cc", c.temperature_cc, -1 <= c.temperature_cc <= 127),
             ("controls.length_cc", c.length_cc, -1 <= c.length_cc <= 127),
+            ("controls.complexity_cc", c.complexity_cc, -1 <= c.complexity_cc <= 127),
             ("controls.panic_cc", c.panic_cc, -1 <= c.panic_cc <= 127),
             ("controls.lock_cc", c.lock_cc, -1 <= c.lock_cc <= 127),
             ("practice.mode", r.mode, r.mode in ("call", "echo", "accompany", "vary")),
             ("answer.variation", a.variation, 0 <= a.variation <= 2),
+            ("answer.complexity", a.complexity, 0 <= a.complexity <= 1),
             ("practice.count_in_bars", r.count_in_bars, 0 <= r.count_in_bars <= 16),
             ("practice.beats_per_bar", r.beats_per_bar, 1 <= r.beats_per_bar <= 16),
             ("practice.call_bars", r.call_bars, 0 <= r.call_bars <= 64),

@@ -35,6 +35,7 @@ class EngineSnapshot:
     lock: str | None = None  # the scale answers keep to, when locked
     clock_source: str = "estimated"  # "fixed" | "estimated" | "metronome" | "midi clock"
     variation: float = 0.5  # vary mode's σ (live/vary.py)
+    complexity: float = 0.5  # note density of the model's answers (model/sampling.py)
 
 
 def snapshot_of(engine: Engine, now: float) -> EngineSnapshot:
@@ -57,7 +58,7 @@ def snapshot_of(engine: Engine, now: float) -> EngineSnapshot:
         calls=e.calls, answers=e.answers, player_notes=e.player_notes,
         answer_notes=e.answer_notes, step_p50_ms=summary_pct(steps, 50) or 0.0,
         step_p99_ms=summary_pct(steps, 99) or 0.0, warnings=tuple(e.warnings), mode=e.mode, lock=e.lock,
-        variation=e.varier.sigma,
+        variation=e.varier.sigma, complexity=e.complexity,
         clock_source=("midi clock" if e.grid.following_clock
                       else "metronome" if e.s.practice.metronome else "fixed" if e.grid_fixed
                       else "estimated"),

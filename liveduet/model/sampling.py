@@ -9,7 +9,8 @@ it arrives), `sample()` draws the next token and feeds it. The draw is shaped, i
    masked; the rest is always allowed; and the call's pitch classes (`follow_pitch_classes`): a
    soft bias, added to each pitch token's score, of how common its pitch classes were in the call
    (a partner takes up the material it was given; the model alone forgets it within a phrase);
-   the same for durations and the call's rhythm (`follow_durations`);
+   the same for durations and the call's rhythm (`follow_durations`); and complexity
+   (`set_complexity`), a bias on note density added to the durations' (see COMPLEXITY_SLOPE);
 3. the repetition guard (pitch tokens only, durations are free to repeat):
    - one pitch token may not come more than `max_repeat` times in a row (default 4, so no fifth
      identical note or chord);
@@ -44,6 +45,21 @@ NEG_INF = float("-inf")
 RECENT_TOKENS = 512
 REGISTER_MIN_SPREAD = 4.0  # semitones: a call on one note still leaves the answer room to move
 FOLLOW_FLOOR = 0.02  # a pitch class absent from the call still has this share: disfavoured, not banned
+# Complexity is note density (Generate's knob and the live SetComplexity command): each duration d
+# (twelfths of a beat) has its probability multiplied by d ** -k, k = COMPLEXITY_SLOPE * (complexity
+# - 0.5) — a bias of -k·log d on its score, added to the call's rhythm bias, never replacing it. At
+# 0.5 it is no bias at all; at 1 (k = 3) an eighth note is 8x as likely, relative to a quarter, as the
+# model alone would make it (denser); at 0 the reverse (sparser). Pitch choice is left to the model.
+# (No share-plus-floor as in `follow_durations`: the floor would flatten every duration the model
+# actually plays and leave the knob's ends with almost no effect.)
+COMPLEXITY_SLOPE = 6.0
+COMPLEXITY_NEUTRAL = 0.5
+
+
+def complexity_weights(complexity: float, max_duration: int) -> dict[int, float]:
+    """Duration (twelfths) → weight for a complexity in 0..1; see COMPLEXITY_SLOPE."""
+    k = COMPLEXITY_SLOPE * (complexity - COMPLEXITY_NEUTRAL)
+    return {d: d ** -k for d in range(1, max_duration + 1)}
 
 
 class Sampler:
@@ -66,6 +82,9 @@ class Sampler:
         zero, ninf = torch.zeros(V), torch.full((V,), NEG_INF)
         self._grammar_duration = torch.where(dur, zero, ninf)  # [V] after a pitch token
         self._mask_duration = self._grammar_duration
+        self._rhythm: Tensor | None = None  # [V] the call's duration bias, 0 off duration tokens
+        self._density: Tensor | None = None  # [V] the complexity bias, 0 off duration tokens
+        self.complexity = COMPLEXITY_NEUTRAL
         self._grammar_pitch = torch.where(pitch, zero, ninf)  # [V] after <bos>/<eos>/a duration
         self._rng = random.Random(seed if seed is not None else int.from_bytes(os.urandom(8), "little"))
         # Pitch classes of each pitch token, for the scale lock: [number of pitch sets, 12].
@@ -164,9 +183,28 @@ class Sampler:
     def follow_durations(self, counts: dict[int, float] | None, strength: float) -> None:
         """Bias duration tokens toward a distribution of durations (twelfths → weight, e.g. the
         call's events), as `follow_pitch_classes` does for pitch classes; None or 0 removes it."""
+        self._rhythm = self._duration_bias(counts, strength)
+        self._fold_durations()
+
+    def set_complexity(self, value: float) -> None:
+        """Note density in 0..1 (COMPLEXITY_NEUTRAL: no bias); see COMPLEXITY_SLOPE."""
+        if not 0.0 <= value <= 1.0:  # NaN fails too
+            raise ValueError(f"complexity must be in 0..1, got {value}")
+        self.complexity = float(value)
+        if value == COMPLEXITY_NEUTRAL:
+            self._density = None
+        else:
+            weights = complexity_weights(value, self.vocab.settings.max_duration)
+            bias = torch.zeros(len(self.vocab))
+            logs = [math.log(weights[d]) for d in sorted(weights)]  # durations 1..max, in token order
+            bias[self.vocab.dur_base : self.vocab.rest_id] = torch.tensor(logs)
+            self._density = bias
+        self._fold_durations()
+
+    def _duration_bias(self, counts: dict[int, float] | None, strength: float) -> Tensor | None:
+        """[V] strength · (log(share + FLOOR) less its expectation) on each duration token; None for no bias."""
         if not counts or strength <= 0 or sum(counts.values()) <= 0:
-            self._mask_duration = self._grammar_duration
-            return
+            return None
         total = sum(counts.values())
         n = self.vocab.settings.max_duration
         share = np.zeros(n)
@@ -177,7 +215,15 @@ class Sampler:
         log_share -= float((share * log_share).sum())
         bias = torch.zeros(len(self.vocab))
         bias[self.vocab.dur_base : self.vocab.rest_id] = torch.from_numpy(strength * log_share).float()
-        self._mask_duration = self._grammar_duration + bias
+        return bias
+
+    def _fold_durations(self) -> None:
+        """The grammar and both duration biases in one additive mask (one pass per draw)."""
+        mask = self._grammar_duration
+        for bias in (self._rhythm, self._density):
+            if bias is not None:
+                mask = mask + bias
+        self._mask_duration = mask
 
     # -- stepping ----------------------------------------------------------------------------
     def reset(self) -> None:

@@ -189,7 +189,8 @@ def render(
     controls = Text.assemble(
         "temperature ", (f"{e.temperature:.2f}", "bold"), " (+/-)   answer length ",
         (f"×{e.length_ratio:.2f}", "bold"), "   mode ", (e.mode, "bold"),
-        *(("  σ ", (f"{e.variation:.2f}", "bold")) if e.mode == "vary" else ()), "   scale lock ",
+        *(("  σ ", (f"{e.variation:.2f}", "bold")) if e.mode == "vary" else ()),
+        *(("   complexity ", (f"{e.complexity:.2f}", "bold")) if e.complexity != 0.5 else ()), "   scale lock ",
         (e.lock or "off", "bold" if e.lock else "dim"),
         f"\ncalls {e.calls}  answers {e.answers}  notes in {e.player_notes}  out {e.answer_notes}",
     )

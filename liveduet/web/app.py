@@ -7,8 +7,9 @@
   controls and the terminal keys use.
 - Sessions (`/api/sessions…`): the recordings folder by id (web/library.py): notes, .mid, audio
   (fluidsynth, cached), MusicXML (music21), SVG (LilyPond when installed).
-- Generate (`/api/models`, `/api/primers`, `/api/generate`, `/api/results…`, when models are given):
-  web/generation.py over `liveduet generate`'s core.
+- Generate (`/api/models`, `/api/primers`, `/api/generate`, `/api/vary`, `/api/morph`, `/api/results…`,
+  when models are given): web/generation.py over `liveduet generate`'s core, web/variations.py over
+  `liveduet vary` / `morph`'s.
 Every refusal or failure is a JSON `{"error": "..."}` with a 4xx (5xx only for a bug), never a
 traceback page; web/guard.py checks host, origin and token before any route runs.
 """
@@ -40,6 +41,7 @@ from liveduet.web.generation import MAX_UPLOAD_BYTES, Generator, parse_request
 from liveduet.web.guard import COOKIE, Guard, allowed_hosts
 from liveduet.web.live import HZ, LiveFeed
 from liveduet.web.media import Media, MediaError
+from liveduet.web.variations import PhraseLab, parse_morph, parse_vary
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -66,6 +68,7 @@ def create_app(studio: Studio) -> Guard:
     """The ASGI app for `studio`, wrapped in its guard."""
     media = studio.media or Media()
     generator = Generator(studio.models, studio.recordings) if studio.models else None
+    lab = PhraseLab(generator) if generator is not None else None
 
     async def index(request: Request) -> Response:
         response = FileResponse(STATIC / "index.html", headers={"cache-control": "no-store"})
@@ -77,7 +80,7 @@ def create_app(studio: Studio) -> Guard:
         return JSONResponse({
             "live": studio.live is not None, "generate": generator is not None, "modes": list(studio.modes),
             "temperature_range": commands.TEMPERATURE_RANGE, "length_range": commands.LENGTH_RANGE,
-            "variation_range": commands.VARIATION_RANGE,
+            "variation_range": commands.VARIATION_RANGE, "complexity_range": commands.COMPLEXITY_RANGE,
             "fluidsynth": shutil.which("fluidsynth") is not None,
             "lilypond": shutil.which("lilypond") is not None and shutil.which("musicxml2ly") is not None,
             "upload_limit": MAX_UPLOAD_BYTES,
@@ -128,22 +131,35 @@ def create_app(studio: Studio) -> Guard:
         return generator
 
     async def models(request: Request) -> Response:
-        return JSONResponse({"models": sorted(studio.models)})
+        families = await run_in_threadpool(lambda: {n: library.family_of(p) for n, p in studio.models.items()})
+        return JSONResponse({"models": sorted(studio.models), "families": families})
 
     async def primers(request: Request) -> Response:
         gen = _generator()
         data = await _capped_body(request, MAX_UPLOAD_BYTES)
         return JSONResponse(await run_in_threadpool(gen.add_primer, data))
 
-    async def generate(request: Request) -> Response:
-        gen = _generator()
+    async def _json(request: Request) -> object:
+        _generator()
         body = await _capped_body(request, 16 * 1024)
         try:
-            data = json.loads(body)
+            return json.loads(body)
         except (ValueError, UnicodeDecodeError) as err:
             raise ConfigError(f"the request is not JSON: {err}") from err
-        req = parse_request(data)
-        return JSONResponse(await run_in_threadpool(gen.generate, req))
+
+    async def generate(request: Request) -> Response:
+        req = parse_request(await _json(request))
+        return JSONResponse(await run_in_threadpool(_generator().generate, req))
+
+    async def vary(request: Request) -> Response:
+        req = parse_vary(await _json(request))
+        assert lab is not None  # _json checked that generation is on
+        return JSONResponse(await run_in_threadpool(lab.vary, req))
+
+    async def morph(request: Request) -> Response:
+        req = parse_morph(await _json(request))
+        assert lab is not None
+        return JSONResponse(await run_in_threadpool(lab.morph, req))
 
     async def result_media(request: Request) -> Response:
         result = _generator().result(request.path_params["gid"])
@@ -200,6 +216,8 @@ def create_app(studio: Studio) -> Guard:
         Route("/api/models", models),
         Route("/api/primers", primers, methods=["POST"]),
         Route("/api/generate", generate, methods=["POST"]),
+        Route("/api/vary", vary, methods=["POST"]),
+        Route("/api/morph", morph, methods=["POST"]),
         Route("/api/results/{gid}/{kind}", result_media),
         WebSocketRoute("/ws/live", live_ws),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),

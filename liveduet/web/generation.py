@@ -3,11 +3,10 @@
 Knobs: model (an exported folder: the style), temperature, top-p, length (tokens), tempo,
 complexity, seed, and a primer (an uploaded MIDI file or a recording).
 
-Complexity is note density, a bias on the sampler's duration tokens through the same hook that lets
-answers follow a call's rhythm (`Sampler.follow_durations`): each duration d (twelfths of a beat)
-gets weight d ** -k with k = COMPLEXITY_SLOPE * (complexity - 0.5). At 0.5 the weights are uniform,
-which that hook turns into no bias at all; towards 1 short notes are favoured (denser), towards 0
-long ones (sparser). Pitch choice is left to the model.
+Complexity is note density: `Sampler.set_complexity`, a documented bias on the duration tokens
+(model/sampling.py, COMPLEXITY_SLOPE) — the same one the live SetComplexity command puts on the
+answers. Neutral at 0.5; towards 1 short notes are favoured (denser), towards 0 long ones (sparser).
+Pitch choice is left to the model.
 """
 
 from __future__ import annotations
@@ -25,17 +24,10 @@ from liveduet.errors import ConfigError, MidiFileError
 from liveduet.music.midifile import MidiNotes, parse_midi
 from liveduet.web.library import NotFoundError
 
-COMPLEXITY_SLOPE = 6.0
 MAX_UPLOAD_BYTES = 256 * 1024  # a primer is a phrase or a song, not a symphony
 MAX_KEPT = 32  # results and primers kept in memory (oldest dropped)
 LIMITS = {"temperature": (0.1, 2.0), "top_p": (0.05, 1.0), "tokens": (8, 1024), "bpm": (40.0, 240.0),
           "complexity": (0.0, 1.0), "seed": (0, 2**31 - 1)}
-
-
-def complexity_weights(complexity: float, max_duration: int) -> dict[int, float]:
-    """Duration (twelfths) → weight for `Sampler.follow_durations`; see the module doc."""
-    k = COMPLEXITY_SLOPE * (complexity - 0.5)
-    return {d: d ** -k for d in range(1, max_duration + 1)}
 
 
 @dataclass(frozen=True)
@@ -51,32 +43,49 @@ class Request:
     recording: str | None = None  # or a recording's id
 
 
-def parse_request(data: object) -> Request:
-    """A Generate request from JSON, each value checked against LIMITS; ConfigError names the bad one."""
-    if not isinstance(data, dict):
-        raise ConfigError("a generate request is a JSON object")
-    unknown = set(data) - set(Request.__dataclass_fields__)
-    if unknown:
-        raise ConfigError(f"unknown field(s): {', '.join(sorted(unknown))}")
-    if not isinstance(data.get("model"), str):
-        raise ConfigError("model: the name of a model is required")
-    values: dict[str, Any] = {"model": data["model"]}
-    for name, (lo, hi) in LIMITS.items():
+def check_numbers(data: dict, limits: dict[str, tuple[float, float]], integral: tuple[str, ...]) -> dict[str, Any]:
+    """The fields of `data` named in `limits`, each checked to lie in its range; ConfigError names the bad one."""
+    values: dict[str, Any] = {}
+    for name, (lo, hi) in limits.items():
         if name not in data:
             continue
         value = data[name]
-        integral = name in ("tokens", "seed")
-        ok = isinstance(value, int if integral else int | float) and not isinstance(value, bool)
+        whole = name in integral
+        ok = isinstance(value, int if whole else int | float) and not isinstance(value, bool)
         if not ok or not math.isfinite(value) or not lo <= value <= hi:
-            raise ConfigError(f"{name} must be {'an integer' if integral else 'a number'} in {lo:g}..{hi:g}, "
-                              f"got {value!r}")
+            kind = "an integer" if whole else "a number"
+            raise ConfigError(f"{name} must be {kind} in {lo:g}..{hi:g}, got {value!r}")
         values[name] = value
+    return values
+
+
+def check_fields(data: object, known: set[str], what: str, prefix: str = "") -> dict:
+    """`data` if it is a JSON object with no field outside `known`; ConfigError otherwise."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix}a {what} request is a JSON object")
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"{prefix}unknown field(s): {', '.join(sorted(unknown))}")
+    return data
+
+
+def check_source(data: dict, prefix: str = "") -> dict[str, str]:
+    """A primer's id ("primer") or a recording's ("recording"), as given; ConfigError if not a string."""
+    out = {}
     for name in ("primer", "recording"):
         if data.get(name) is not None:
             if not isinstance(data[name], str):
-                raise ConfigError(f"{name} must be an id (a string)")
-            values[name] = data[name]
-    return Request(**values)
+                raise ConfigError(f"{prefix}{name} must be an id (a string)")
+            out[name] = data[name]
+    return out
+
+
+def parse_request(data: object) -> Request:
+    """A Generate request from JSON, each value checked against LIMITS; ConfigError names the bad one."""
+    data = check_fields(data, set(Request.__dataclass_fields__), "generate")
+    if not isinstance(data.get("model"), str):
+        raise ConfigError("model: the name of a model is required")
+    return Request(model=data["model"], **check_numbers(data, LIMITS, ("tokens", "seed")), **check_source(data))
 
 
 class Generator:
@@ -86,7 +95,7 @@ class Generator:
         self.models = models
         self.recordings = recordings
         self._runtimes: dict[str, Any] = {}
-        self._lock = threading.Lock()  # one generation at a time: the machine has few cores
+        self.lock = threading.Lock()  # one generation (or variation) at a time: the machine has few cores
         self.primers: OrderedDict[str, MidiNotes] = OrderedDict()
         self.results: OrderedDict[str, dict] = OrderedDict()
 
@@ -115,32 +124,36 @@ class Generator:
             self._runtimes[name] = ModelRuntime.load(self.models[name])
         return self._runtimes[name]
 
-    def _primer(self, req: Request) -> MidiNotes | None:
-        if req.primer is not None:
-            if req.primer not in self.primers:
-                raise NotFoundError(f"no uploaded primer {req.primer!r} (upload it again)")
-            return self.primers[req.primer]
-        if req.recording is not None:
+    def source(self, primer: str | None, recording: str | None) -> MidiNotes | None:
+        """An uploaded primer or a recording by id (the primer first), or None when neither is named."""
+        if primer is not None:
+            if primer not in self.primers:
+                raise NotFoundError(f"no uploaded primer {primer!r} (upload it again)")
+            return self.primers[primer]
+        if recording is not None:
             from liveduet.music.midifile import read_midi
             from liveduet.web.library import find_recording
 
             if self.recordings is None:
                 raise NotFoundError("no recordings folder")
-            return read_midi(find_recording(self.recordings, req.recording).path)
+            return read_midi(find_recording(self.recordings, recording).path)
         return None
+
+    def keep(self, result: dict) -> dict:
+        """A finished piece (its "midi" bytes among the fields) kept by a new id; what the page gets."""
+        rid = self._keep(self.results, result)
+        return {"id": rid, **{k: v for k, v in result.items() if k != "midi"}}
 
     def generate(self, req: Request) -> dict:
         """Sample a piece; its id, notes ([on s, off s, pitch, velocity, part]: 0 primer, 1 generated)."""
         from liveduet.commands.generate import generate_piece
         from liveduet.model.sampling import Sampler
 
-        with self._lock:
+        with self.lock:
             runtime = self._runtime(req.model)
-            primer = self._primer(req)
+            primer = self.source(req.primer, req.recording)
             sampler = Sampler(runtime, temperature=req.temperature, top_p=req.top_p, seed=req.seed)
-            if req.complexity != 0.5:
-                sampler.follow_durations(complexity_weights(req.complexity, runtime.vocab.settings.max_duration),
-                                         1.0)
+            sampler.set_complexity(req.complexity)
             try:
                 piece = generate_piece(runtime, sampler, req.tokens, primer, bpm=req.bpm)
             except MidiFileError as err:
@@ -151,10 +164,8 @@ class Generator:
         first = len(piece.notes) - sum(len(p) for p, _ in piece.events)  # the primer's notes come first
         notes = [[round(on * spb, 4), round(off * spb, 4), pitch, vel, int(i >= first)]
                  for i, (on, off, pitch, vel) in enumerate(piece.notes)]
-        result = {"model": req.model, "bpm": piece.bpm, "tokens": len(piece.tokens), "notes": notes,
-                  "midi": buf.getvalue()}
-        rid = self._keep(self.results, result)
-        return {"id": rid, **{k: v for k, v in result.items() if k != "midi"}}
+        return self.keep({"model": req.model, "bpm": piece.bpm, "tokens": len(piece.tokens), "notes": notes,
+                          "midi": buf.getvalue()})
 
     def result(self, rid: str) -> dict:
         if not isinstance(rid, str) or rid not in self.results:

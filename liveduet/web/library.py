@@ -134,3 +134,17 @@ def list_models(folders: list[Path]) -> dict[str, Path]:
             if name and name not in models:
                 models[name] = path
     return models
+
+
+def family_of(path: Path) -> str:
+    """The family an exported folder's card names ("lm", "vae", "gan"; "unknown" for an unreadable card),
+    so the page offers language models for Generate and VAEs for vary and morph."""
+    import json
+
+    from liveduet.model.family import family_of_card
+
+    try:
+        card = json.loads((path / "card.json").read_text())
+    except (OSError, ValueError):
+        return "unknown"
+    return family_of_card(card) if isinstance(card, dict) else "unknown"

@@ -9,6 +9,8 @@ published by the engine thread; the scheduler's queue is read as one list copy (
 GIL) — never under its lock, which the scheduler thread holds while it sends. Answer notes are
 queued `answer.lookahead_s` (0.4 s) ahead of their due times, so a 10 Hz pull sees each before it
 sounds: the page draws them and, with its WebAudio toggle on, plays them on the AudioContext clock.
+The player's own notes (`session.played`, copied the same way) are known only once played: they
+reach the page up to a frame (0.1 s) late and, with the second toggle on, sound on arrival.
 
 Times in a frame are seconds on the session's clock since the feed began (`t`): the page maps
 them onto its own clock from the frames' arrival.
@@ -28,6 +30,7 @@ HZ = 10  # frames per second at most: the dashboard's rate
 THRU_TAG = "thru"  # the scheduler's tag for the player's own notes (live/scheduler.py)
 MAX_WARNINGS = 5
 FORGET_S = 30.0  # notes this old are forgotten by the feed (the page keeps its own window)
+PLAYER_STALE_S = 1.0  # the player's notes older than this are not sent: on arrival they would sound wrong
 
 
 _events = functools.lru_cache(maxsize=64)(parse_token_names)  # a call's tokens change a few times a second
@@ -86,7 +89,7 @@ def diff(prev: dict, cur: dict) -> dict:
 class LiveFeed:
     """One page's view of a running session: `update()` returns what changed since the last call.
 
-    `session` needs `snapshot()`, `clock`, `scheduler` and `settings` (live/session.py's Session).
+    `session` needs `snapshot()`, `clock`, `scheduler`, `settings` and `played` (live/session.py's Session).
     `harmony` is shared by every page (one music21 worker); `modes` is the mode list the page offers.
     """
 
@@ -104,6 +107,7 @@ class LiveFeed:
         self._call_notes: list[list[float]] = []
         self._past: list[list[float]] = []  # earlier calls' notes, for the roll's recent past
         self._state_was = ""
+        self._played_n = -1  # the last of the player's note messages sent
 
     def frame(self) -> dict:
         """The whole state now, as JSON-ready values (notes: only those not sent before)."""
@@ -123,6 +127,19 @@ class LiveFeed:
             del self._seen[key]
         out["queued"] = sorted(i for i in ids if i in self._seen)
         out["notes"] = fresh
+        out["player"] = self._player(now)
+        return out
+
+    def _player(self, now: float) -> list[list]:
+        """The player's note messages since the last frame: [number, t, pitch, velocity (0: off), channel]."""
+        try:
+            played = tuple(self.session.played)  # one C-level copy, as the queue's
+        except RuntimeError:  # appended to during the copy: the next frame takes them
+            return []
+        out = [[n, round(t - self.t0, 4), m.note, m.velocity if m.type == "note_on" else 0, m.channel]
+               for n, t, m in played if n > self._played_n and now - t < PLAYER_STALE_S]
+        if played:
+            self._played_n = played[-1][0]
         return out
 
     def _state(self, snap: Any, t: float) -> dict:
@@ -139,7 +156,8 @@ class LiveFeed:
         return {
             "state": e.state, "beat": round(e.beat, 3), "bpm": round(e.bpm, 2), "clock_source": e.clock_source,
             "key": harmony.key, "chord": harmony.chord, "temperature": e.temperature, "length": e.length_ratio,
-            "mode": e.mode, "lock": e.lock, "variation": e.variation, "calls": e.calls, "answers": e.answers,
+            "mode": e.mode, "lock": e.lock, "variation": e.variation,
+            "complexity": e.complexity, "calls": e.calls, "answers": e.answers,
             "player_notes": e.player_notes, "answer_notes": e.answer_notes,
             "step_p50_ms": round(e.step_p50_ms, 3), "step_p99_ms": round(e.step_p99_ms, 3),
             "late_p99_ms": round(snap.late_p99_ms, 3), "dropped": snap.dropped, "elapsed_s": round(snap.elapsed_s),
@@ -152,10 +170,12 @@ class LiveFeed:
     def update(self) -> dict:
         """What changed since the last update (the first: everything); new notes always."""
         cur = self.frame()
-        notes = cur.pop("notes")
+        notes, player = cur.pop("notes"), cur.pop("player")
         out = diff(self._sent, cur)
         self._sent = cur
         out["t"] = cur["t"]
         if notes:
             out["notes"] = notes
+        if player:
+            out["player"] = player
         return out

@@ -24,7 +24,7 @@ function showTab(name) {
 // ---- live ---------------------------------------------------------------------------------------
 
 const live = { state: {}, notes: new Map(), offset: null, ws: null, audio: null, voices: new Map(), played: 0,
-  drawn: 0 };
+  drawn: 0, keys: new Map(), playerPlayed: 0 };
 const DRAW_EVERY_MS = 33;  // ~30 frames a second is smooth enough and leaves the CPU to the duet
 
 function serverNow() { return live.offset === null ? 0 : performance.now() / 1000 - live.offset; }
@@ -50,6 +50,7 @@ function onFrame(f) {
     if (live.audio) playNote(n);
   }
   if (f.queued && live.audio) cancelUnqueued(new Set(f.queued));
+  for (const e of f.player || []) playPlayer(e);
   const horizon = serverNow() - WINDOW_S - 5;
   for (const [id, n] of live.notes) if (n.off < horizon) live.notes.delete(id);
   showState(f);
@@ -75,6 +76,7 @@ function showState(f) {
   }
   if ("temperature" in f && document.activeElement !== $("temperature")) setSlider("temperature", s.temperature);
   if ("length" in f && document.activeElement !== $("length")) setSlider("length", s.length);
+  if ("complexity" in f && document.activeElement !== $("complexity")) setSlider("complexity", s.complexity);
   if ("mode" in f && document.activeElement !== $("mode")) $("mode").value = s.mode;
   if ("mode" in f) $("variation-label").hidden = !(s.mode === "vary" && info.variation_range);
   if ("variation" in f && s.variation !== null && document.activeElement !== $("variation")) setSlider("variation", s.variation);
@@ -113,13 +115,12 @@ function send(cmd) {
 }
 
 function setupControls() {
-  const [tlo, thi] = info.temperature_range, [llo, lhi] = info.length_range;
-  Object.assign($("temperature"), { min: tlo, max: thi });
-  Object.assign($("length"), { min: llo, max: lhi });
-  $("temperature").oninput = () => { $("temperature-out").textContent = Number($("temperature").value).toFixed(2); };
-  $("temperature").onchange = () => send({ type: "temperature", value: Number($("temperature").value) });
-  $("length").oninput = () => { $("length-out").textContent = Number($("length").value).toFixed(2); };
-  $("length").onchange = () => send({ type: "length", value: Number($("length").value) });
+  const ranges = { temperature: info.temperature_range, length: info.length_range, complexity: info.complexity_range };
+  for (const [id, [lo, hi]] of Object.entries(ranges)) {  // a slider sends its command when let go
+    Object.assign($(id), { min: lo, max: hi });
+    $(id).oninput = () => { $(id + "-out").textContent = Number($(id).value).toFixed(2); };
+    $(id).onchange = () => send({ type: id, value: Number($(id).value) });
+  }
   if (info.variation_range) {
     Object.assign($("variation"), { min: info.variation_range[0], max: info.variation_range[1] });
     $("variation").oninput = () => { $("variation-out").textContent = Number($("variation").value).toFixed(2); };
@@ -135,12 +136,14 @@ function setupControls() {
   };
   $("record").onclick = () => send({ type: "record" });
   $("panic").onclick = () => { send({ type: "panic" }); silenceAll(); };
-  $("sound").onchange = () => {
-    if ($("sound").checked) {
-      live.audio = live.audio || new AudioContext();
-      live.audio.resume();
-    } else silenceAll();
-  };
+  for (const id of ["sound", "sound-player"]) {
+    $(id).onchange = () => {
+      if ($(id).checked) {
+        live.audio = live.audio || new AudioContext();
+        live.audio.resume();
+      } else if (id === "sound") silenceAll(); else silenceKeys();
+    };
+  }
 }
 
 // ---- WebAudio: the answers on the AudioContext clock --------------------------------------------
@@ -177,6 +180,39 @@ function cancelUnqueued(queued) {  // an answer cut short (barge-in, panic): its
 function silenceAll() {
   for (const v of live.voices.values()) { try { v.osc.stop(); } catch (e) { /* not started yet */ } }
   live.voices.clear();
+  silenceKeys();
+}
+
+// The player's own notes: known only once played (the feed's frames, ≤ 10 a second), so they cannot
+// be scheduled ahead like the answers: each sounds on arrival, up to a frame late, until its note-off.
+function playPlayer([, , pitch, vel, ch]) {
+  const ctx = live.audio, key = ch * 128 + pitch;
+  if (!ctx || !$("sound-player").checked) return;
+  const held = live.keys.get(key);
+  if (held) {  // a note-off, or the same key struck again: the sounding one is released
+    held.gain.gain.cancelScheduledValues(ctx.currentTime);
+    held.gain.gain.setTargetAtTime(0, ctx.currentTime, 0.03);
+    try { held.osc.stop(ctx.currentTime + 0.2); } catch (e) { /* ended on its own */ }
+    live.keys.delete(key);
+  }
+  if (!vel) return;
+  const osc = ctx.createOscillator(), gain = ctx.createGain();
+  osc.type = "sine";
+  osc.frequency.value = 440 * Math.pow(2, (pitch - 69) / 12);
+  const t0 = ctx.currentTime, peak = 0.3 * vel / 127;
+  gain.gain.setValueAtTime(0, t0);
+  gain.gain.linearRampToValueAtTime(peak, t0 + 0.01);
+  gain.gain.exponentialRampToValueAtTime(peak * 0.3, t0 + 0.6);
+  osc.connect(gain).connect(ctx.destination);
+  osc.start(t0);
+  osc.stop(t0 + 8);  // a lost note-off still ends
+  live.keys.set(key, { osc, gain });
+  live.playerPlayed += 1;
+}
+
+function silenceKeys() {
+  for (const v of live.keys.values()) { try { v.osc.stop(); } catch (e) { /* already ended */ } }
+  live.keys.clear();
 }
 
 // ---- sessions -----------------------------------------------------------------------------------
@@ -188,8 +224,10 @@ async function loadSessions() {
     `<tr data-id="${escapeHtml(s.id)}"><td>${escapeHtml(s.id)}</td><td>${s.date.replace("T", " ")}</td>`
     + `<td>${s.error ? "unreadable" : s.seconds.toFixed(1) + " s"}</td><td>${s.calls}</td><td>${s.answers}</td></tr>`).join("");
   for (const tr of $("session-list").tBodies[0].rows) tr.onclick = () => openSession(tr.dataset.id, tr);
-  $("gen-recording").innerHTML = '<option value="">none</option>'
+  const recordings = '<option value="">none</option>'
     + data.sessions.map((s) => `<option>${escapeHtml(s.id)}</option>`).join("");
+  $("gen-recording").innerHTML = recordings;
+  $("morph-recording").innerHTML = recordings;
 }
 
 async function openSession(id, row) {
@@ -219,38 +257,58 @@ function showPiece(prefix, base, notes, name) {
 
 // ---- generate -----------------------------------------------------------------------------------
 
-let primerId = null;
+let primerId = null, morphId = null;
+
+async function uploadPrimer(input, said) {  // a MIDI file → its id on the server (checked there), or null
+  const file = input.files[0];
+  if (!file) return null;
+  if (file.size > info.upload_limit) { said.textContent = `the file is over ${info.upload_limit} bytes`; return null; }
+  try {
+    const p = await api("/api/primers", { method: "POST", body: file, headers: { "content-type": "audio/midi" } });
+    said.textContent = `primer: ${p.notes} notes, ${p.seconds} s`;
+    return p.id;
+  } catch (e) { said.textContent = "⚠ " + e.message; return null; }
+}
+
+function primerOf(id, select) {  // the request's primer: an upload's id, else a recording's
+  return id ? { primer: id } : select.value ? { recording: select.value } : {};
+}
+
+async function post(path, req, what) {  // a generation, variation or morph → the result area
+  $("gen-said").textContent = what + "…";
+  try {
+    const r = await api(path, { method: "POST", body: JSON.stringify(req), headers: { "content-type": "application/json" } });
+    const phrases = r.phrases ? `, ${r.phrases.length} phrases` : "";
+    $("gen-said").textContent = `${r.tokens} tokens at ${r.bpm} bpm${phrases}` + (r.note ? ` (${r.note})` : "");
+    $("gen-result").hidden = false;
+    showPiece("gen", "/api/results/" + r.id, r.notes, "liveduet-" + r.id);
+  } catch (e) { $("gen-said").textContent = "⚠ " + e.message; }
+}
 
 async function setupGenerate() {
   if (!info.generate) { $("generate-off").hidden = false; $("gen-form").hidden = true; return; }
   const data = await api("/api/models");
-  $("gen-model").innerHTML = data.models.map((m) => `<option>${escapeHtml(m)}</option>`).join("");
-  $("gen-primer").onchange = async () => {
-    primerId = null;
-    const file = $("gen-primer").files[0];
-    if (!file) return;
-    if (file.size > info.upload_limit) { $("gen-said").textContent = `the file is over ${info.upload_limit} bytes`; return; }
-    try {
-      const p = await api("/api/primers", { method: "POST", body: file, headers: { "content-type": "audio/midi" } });
-      primerId = p.id;
-      $("gen-said").textContent = `primer: ${p.notes} notes, ${p.seconds} s`;
-    } catch (e) { $("gen-said").textContent = "⚠ " + e.message; }
-  };
-  $("gen-form").onsubmit = async (ev) => {
+  const family = (f) => data.models.filter((m) => (data.families || {})[m] === f);
+  const options = (names) => names.map((m) => `<option>${escapeHtml(m)}</option>`).join("");
+  $("gen-model").innerHTML = options(family("lm"));
+  $("gen-primer").onchange = async () => { primerId = await uploadPrimer($("gen-primer"), $("gen-said")); };
+  $("gen-form").onsubmit = (ev) => {
     ev.preventDefault();
-    const req = { model: $("gen-model").value, temperature: Number($("gen-temperature").value),
+    post("/api/generate", { model: $("gen-model").value, temperature: Number($("gen-temperature").value),
       top_p: Number($("gen-top-p").value), tokens: Number($("gen-tokens").value), bpm: Number($("gen-bpm").value),
-      complexity: Number($("gen-complexity").value), seed: Number($("gen-seed").value) };
-    if (primerId) req.primer = primerId; else if ($("gen-recording").value) req.recording = $("gen-recording").value;
-    $("gen-said").textContent = "generating…";
-    try {
-      const r = await api("/api/generate", { method: "POST", body: JSON.stringify(req),
-        headers: { "content-type": "application/json" } });
-      $("gen-said").textContent = `${r.tokens} tokens at ${r.bpm} bpm`;
-      $("gen-result").hidden = false;
-      showPiece("gen", "/api/results/" + r.id, r.notes, "liveduet-" + r.id);
-    } catch (e) { $("gen-said").textContent = "⚠ " + e.message; }
+      complexity: Number($("gen-complexity").value), seed: Number($("gen-seed").value),
+      ...primerOf(primerId, $("gen-recording")) }, "generating");
   };
+  // Vary and morph: any exported VAE folder among the models (liveduet vary / morph's own functions).
+  if (!family("vae").length) return;
+  $("vae-form").hidden = false;
+  $("vae-model").innerHTML = options(family("vae"));
+  $("morph-primer").onchange = async () => { morphId = await uploadPrimer($("morph-primer"), $("gen-said")); };
+  $("vary-go").onclick = () => post("/api/vary", { vae: $("vae-model").value, sigma: Number($("vae-sigma").value),
+    n: Number($("vae-n").value), seed: Number($("vae-seed").value), ...primerOf(primerId, $("gen-recording")) },
+  "varying");
+  $("morph-go").onclick = () => post("/api/morph", { vae: $("vae-model").value, steps: Number($("vae-steps").value),
+    a: primerOf(primerId, $("gen-recording")), b: primerOf(morphId, $("morph-recording")) }, "morphing");
 }
 
 function escapeHtml(s) {
