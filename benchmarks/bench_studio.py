@@ -22,6 +22,7 @@ import fcntl
 import json
 import os
 import pty
+import shlex
 import socket
 import statistics
 import struct
@@ -51,12 +52,13 @@ def free_port() -> int:
 class Daemon:
     """`liveduet run` with virtual JACK ports and the view asked for; the dashboard draws on a pty."""
 
-    def __init__(self, view: str, model: str, tmp: Path, stats: Path, nice: int = 0, sender: str = "process") -> None:
+    def __init__(self, view: str, model: str, tmp: Path, stats: Path, nice: int = 0, sender: str = "process",
+                 extra: tuple[str, ...] = ()) -> None:
         cfg = tmp / "bench.toml"
         cfg.write_text("[answer]\nmin_beats = 12.0\nmax_beats = 12.0\n")
         cmd = [sys.executable, "-m", "liveduet", "run", "--backend", "jack", "--virtual", "--in", "liveduet-in",
                "--out", "liveduet-out", "--model", model, "--tempo", "120", "--config", str(cfg),
-               "--stats", str(stats), "--seed", "1", "--sender", sender]
+               "--stats", str(stats), "--seed", "1", "--sender", sender, *extra]
         self.port = None
         if view in ("web", "both"):
             self.port = free_port()
@@ -134,7 +136,7 @@ class PageClient:
 
 def run_view(view: str, sender: str, args: argparse.Namespace, tmp: Path) -> dict:
     stats = tmp / f"stats-{view}-{time.monotonic_ns()}.jsonl"
-    daemon = Daemon(view, args.model, tmp, stats, args.nice, sender)
+    daemon = Daemon(view, args.model, tmp, stats, args.nice, sender, tuple(shlex.split(args.daemon_args)))
     page = None
     try:
         into, back = port_ending(":liveduet-in"), port_ending(":liveduet-out")
@@ -187,6 +189,8 @@ def main() -> None:
     ap.add_argument("--views", default=",".join(VIEWS), help=f"comma-separated, of {', '.join(VIEWS)}")
     ap.add_argument("--senders", default="process,thread", help="comma-separated `run --sender` choices")
     ap.add_argument("--rounds", type=int, default=4, help="answers per view and repeat")
+    ap.add_argument("--daemon-args", default="",
+                    help="more `liveduet run` options, e.g. \"--mode vary --variation 0.5\"")
     ap.add_argument("--repeats", type=int, default=2, help="times the whole order of views runs")
     ap.add_argument("--probes", type=int, default=200, help="thru probes per answer")
     ap.add_argument("--nice", type=int, default=0,
@@ -214,6 +218,7 @@ def main() -> None:
         "views": {v: {**summary(r), "page_frames": [x["page_frames"] for x in r]
                       if v.split("/")[0] in ("web", "both") else None}
                   for v, r in runs.items()},
+        "daemon_args": args.daemon_args,
         "rounds": args.rounds, "repeats": args.repeats, "probes_per_answer": args.probes, "nice": args.nice,
         "target_late_ms_p99": 1.0, "load_average": os.getloadavg(), "machine_floor": floors,
         "runs": runs,

@@ -21,7 +21,8 @@ from liveduet.cli import main
 from liveduet.errors import MidiFileError
 from liveduet.music.dataset import load_dataset
 from liveduet.music.midifile import parse_midi
-from liveduet.music.tokens import BOS, EOS, TokenizerSettings, tokenize_notes
+from liveduet.music.stream import tokenize_notes
+from liveduet.music.tokens import BOS, EOS, TokenizerSettings
 
 S = TokenizerSettings()
 SUBPROCESS_TIMEOUT = 120  # seconds; a hang fails the test instead of stalling the suite

@@ -141,7 +141,7 @@ def test_early_entry_does_not_cut_a_call_that_continues():
     run_until(engine, clock, sched, clock.now() + 8.0)
     assert engine.answers == 1 and engine.calls == 1
     # the model heard the whole call as one: staccato 8ths as the 8ths a score would write
-    from liveduet.music.tokens import tokenize_notes
+    from liveduet.music.stream import tokenize_notes
 
     written = [(a, a + 0.5, p) for a, _, p in notes]
     expected = engine.vocab.encode(tokenize_notes(written, engine.vocab.settings))

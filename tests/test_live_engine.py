@@ -15,7 +15,8 @@ from liveduet.live.phrase import Action, Input, State, transition
 from liveduet.live.scheduler import Scheduler
 from liveduet.live.settings import LiveSettings, load_live_settings
 from liveduet.live.tempo import estimate_bpm
-from liveduet.music.tokens import TokenizerSettings, Vocabulary, tokenize_notes
+from liveduet.music.stream import tokenize_notes
+from liveduet.music.tokens import TokenizerSettings, Vocabulary
 
 
 class ScriptedSampler:

@@ -13,6 +13,7 @@ import pytest
 
 from liveduet.music.corpus import Piece, expand_sources, read_task
 from liveduet.music.midifile import notes_to_midi, read_midi, save_atomic
+from liveduet.music.stream import tokenize_notes
 from liveduet.music.tokens import (
     BOS,
     EOS,
@@ -21,7 +22,6 @@ from liveduet.music.tokens import (
     Vocabulary,
     build_vocabulary,
     events_to_notes,
-    tokenize_notes,
 )
 
 S = TokenizerSettings()

@@ -11,19 +11,18 @@ import pytest
 
 from liveduet.errors import VocabularyError
 from liveduet.music.midifile import parse_midi
+from liveduet.music.stream import StreamTokenizer, tokenize_notes
 from liveduet.music.tokens import (
     BOS,
     EOS,
     PAD,
     Event,
-    StreamTokenizer,
     TokenizerSettings,
     Vocabulary,
     build_vocabulary,
     duration_name,
     parse_pitch,
     pitchset_name,
-    tokenize_notes,
     transpose_events,
 )
 

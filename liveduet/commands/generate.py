@@ -123,7 +123,8 @@ def generate_piece(runtime: Any, sampler: Any, tokens: int, primer: Any = None, 
     biased) by the caller. Raises MidiFileError when the primer has no notes."""
     from liveduet.errors import MidiFileError
     from liveduet.music.midifile import notes_to_midi
-    from liveduet.music.tokens import TICKS, events_to_notes, tokenize_notes
+    from liveduet.music.stream import tokenize_notes
+    from liveduet.music.tokens import TICKS, events_to_notes
 
     primer_events: list = []
     if primer is not None:

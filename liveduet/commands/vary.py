@@ -48,7 +48,7 @@ def phrase_events(midi: MidiNotes, vae: Any) -> list:
     """A file's notes as the VAE's events (quantised, chords mapped into its vocabulary); MidiFileError
     when it has none. `vary`, `morph` and the studio's Generate tab read phrases through this."""
     from liveduet.errors import MidiFileError
-    from liveduet.music.tokens import tokenize_notes
+    from liveduet.music.stream import tokenize_notes
 
     events = tokenize_notes(midi.notes, vae.vocab.settings, midi.pedal)
     if not any(p for p, _ in events):

@@ -24,7 +24,8 @@ from liveduet.live import expression
 from liveduet.live.scheduler import Scheduler, percentile
 from liveduet.live.settings import AnswerSettings, LiveSettings
 from liveduet.music import listening
-from liveduet.music.tokens import TICKS, Event, StreamTokenizer, TokenizerSettings, Vocabulary
+from liveduet.music.stream import StreamTokenizer
+from liveduet.music.tokens import TICKS, Event, TokenizerSettings, Vocabulary
 
 SUSTAIN = 64
 SEND_GUARD_S = 0.004  # no sampling this close before a scheduled send (see send_imminent)

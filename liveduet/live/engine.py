@@ -52,7 +52,8 @@ from liveduet.live.scheduler import Scheduler
 from liveduet.live.settings import LiveSettings
 from liveduet.live.snapshot import EngineSnapshot, snapshot_of
 from liveduet.live.tempo import estimate_bpm
-from liveduet.music.tokens import TICKS, Event, StreamTokenizer, Vocabulary
+from liveduet.music.stream import StreamTokenizer
+from liveduet.music.tokens import TICKS, Event, Vocabulary
 
 RETEMPO = 0.08  # re-tokenize the call when its estimated tempo differs by more than this share
 ENTRY_WINDOW_S = 0.015  # a bar-line entry is planned within this long before its margin runs out

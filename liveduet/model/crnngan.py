@@ -39,7 +39,8 @@ from torch import Tensor
 
 from liveduet.errors import ConfigError
 from liveduet.model.family import Family, make_optimizer
-from liveduet.music.tokens import TICKS, Event, TokenizerSettings, Vocabulary, tokenize_notes
+from liveduet.music.stream import tokenize_notes
+from liveduet.music.tokens import TICKS, Event, TokenizerSettings, Vocabulary
 
 FEATURES = ("pitch", "duration", "gap", "velocity")
 NF = len(FEATURES)

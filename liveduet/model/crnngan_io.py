@@ -168,7 +168,8 @@ def gan_piece(path: Path, tokens: int, temperature: float, seed: int, primer: ob
     conditions the generator. Returns (mido.MidiFile, the generated events, bpm)."""
     from liveduet.errors import MidiFileError
     from liveduet.music.midifile import notes_to_midi
-    from liveduet.music.tokens import TICKS, events_to_notes, tokenize_notes
+    from liveduet.music.stream import tokenize_notes
+    from liveduet.music.tokens import TICKS, events_to_notes
 
     model = load_gan(path)
     primer_events: list[Event] = []

@@ -19,7 +19,8 @@ import numpy as np
 from liveduet.errors import CorpusError, MidiFileError
 from liveduet.music.dataset import NO_TIMING, NO_VELOCITY
 from liveduet.music.midifile import MidiNotes, parse_midi, read_midi_bytes
-from liveduet.music.tokens import TICKS, Event, TokenizerSettings, tokenize_notes
+from liveduet.music.stream import tokenize_notes
+from liveduet.music.tokens import TICKS, Event, TokenizerSettings
 
 MIDI_SUFFIXES = {".mid", ".midi", ".kar", ".rmi"}  # .rmi: RIFF-wrapped MIDI
 MUSIC21_SUFFIXES = {".mxl", ".xml", ".musicxml", ".krn", ".abc"}
