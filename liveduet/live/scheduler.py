@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 THRU_TAG = "thru"  # the player's own notes; never reported to `on_sent` (the recorder gets them at input)
 ANSWER_TAG = "answer"
+WARM_NAPS = 3  # with spinning on: the longest wait before a note, in spins (see `_run`)
 MAX_WAIT_S = 0.25  # re-check the heap at least this often, whatever the clock does
 
 Key = tuple[int, int]  # (channel, note)
@@ -209,10 +210,13 @@ class Scheduler:
                     timeout = self.pause  # a burst went out: let JACK drain before the next
                 else:
                     timeout = min(MAX_WAIT_S, self._heap[0][0] - self._clock.now())
-                    if 0 < timeout <= self.spin:
+                    if self.spin > 0 and 0 < timeout <= self.spin:
                         spin_until, timeout = self._heap[0][0], 0.0
-                    elif timeout > self.spin:
-                        timeout -= self.spin  # wake a little early, then spin to the due time
+                    elif self.spin > 0 and timeout > self.spin:
+                        # Wake a little early, then spin to the due time; and nap in short waits while
+                        # notes are queued: a CPU left idle longer wakes slowly (a VM's idle vCPU can
+                        # take milliseconds to come back). ~1 % of a core while answering.
+                        timeout = min(timeout - self.spin, self.spin * WARM_NAPS)
                 if timeout > 0:
                     self._cond.wait(timeout)
             if spin_until is not None:
