@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,3 +111,31 @@ def corpus_phrase(bpm: float = 120.0) -> list:
                 events.append((on * 60 / bpm, mido.Message("note_on", note=n.pitch.midi, velocity=80)))
                 events.append((off * 60 / bpm - 0.03, mido.Message("note_off", note=n.pitch.midi)))
     return sorted(events, key=lambda e: (e[0], e[1].type == "note_on"))
+
+
+class Synth:
+    """A virtual input port standing for the user's synth: collects what arrives, with perf_counter times."""
+
+    def __init__(self, backend, name: str) -> None:
+        self.received: list = []  # (time, message)
+        self.lock = threading.Lock()
+        self.port = backend.open_input(name, virtual=True, callback=self._on)
+
+    def _on(self, msg) -> None:
+        with self.lock:
+            self.received.append((time.perf_counter(), msg))
+
+    def messages(self, channel: int | None = None) -> list:
+        with self.lock:
+            return [m for _, m in self.received if channel is None or getattr(m, "channel", None) == channel]
+
+    def wait_for(self, n: int, timeout: float = 5.0) -> list:
+        """(time, message) pairs once at least `n` arrived, or what arrived by `timeout`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.received) >= n:
+                    return list(self.received)
+            time.sleep(0.01)
+        with self.lock:
+            return list(self.received)

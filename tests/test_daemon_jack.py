@@ -14,7 +14,7 @@ from pathlib import Path
 
 import mido
 import pytest
-from jack_util import corpus_phrase
+from jack_util import Synth, corpus_phrase
 
 from liveduet.live.recorder import journal_path
 
@@ -23,23 +23,6 @@ MODEL = Path(os.environ.get("LIVEDUET_MODEL") or ROOT / "models" / "default")
 JACK = "mido.backends.rtmidi/UNIX_JACK"
 
 pytestmark = pytest.mark.skipif(not (MODEL / "card.json").exists(), reason=f"no model at {MODEL}")
-
-
-class Synth:
-    """A virtual input port standing for the user's synth: collects what arrives, with times."""
-
-    def __init__(self, backend: mido.Backend, name: str) -> None:
-        self.received: list[tuple[float, mido.Message]] = []
-        self.lock = threading.Lock()
-        self.port = backend.open_input(name, virtual=True, callback=self._on)
-
-    def _on(self, msg: mido.Message) -> None:
-        with self.lock:
-            self.received.append((time.monotonic(), msg))
-
-    def messages(self, channel: int | None = None) -> list[mido.Message]:
-        with self.lock:
-            return [m for _, m in self.received if channel is None or getattr(m, "channel", None) == channel]
 
 
 def start_daemon(tmp: Path, keyboard: str, synth: str, *extra: str) -> subprocess.Popen:

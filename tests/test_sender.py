@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import io
 import os
-import threading
 import time
 
 import mido
 import pytest
+from jack_util import Synth
 
 from liveduet.errors import PortNotFoundError
 from liveduet.live.sender import SenderProcess
@@ -19,33 +19,26 @@ from liveduet.live.sender_child import read_frame, write_frame
 JACK = "mido.backends.rtmidi/UNIX_JACK"
 
 
-class Synth:
-    def __init__(self, backend: mido.Backend, name: str) -> None:
-        self.received: list[tuple[float, mido.Message]] = []
-        self.lock = threading.Lock()
-        self.port = backend.open_input(name, virtual=True, callback=self._on)
-
-    def _on(self, msg: mido.Message) -> None:
-        with self.lock:
-            self.received.append((time.perf_counter(), msg))
-
-    def wait_for(self, n: int, timeout: float = 5.0) -> list[tuple[float, mido.Message]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if len(self.received) >= n:
-                    return list(self.received)
-            time.sleep(0.01)
-        with self.lock:
-            return list(self.received)
-
-
 @pytest.fixture
 def synth(jack_server):
     name = f"sender{os.getpid()}-Synth"
     s = Synth(mido.Backend(JACK), name)
     yield s, name
     s.port.close()
+
+
+@pytest.fixture
+def wired(synth):
+    """A sender process sending on the synth port; stopped and ended after the test."""
+    s, name = synth
+    reported: list[tuple[mido.Message, float, float]] = []
+    sender = SenderProcess(JACK, on_sent=lambda m, due, actual: reported.append((m, due, actual)))
+    port = sender.open_output(name)
+    sender.use_output(port)
+    yield s, sender, reported
+    sender.stop()
+    port.close()
+    sender.close()
 
 
 def test_frames_round_trip():
@@ -60,65 +53,48 @@ def test_frames_round_trip():
     assert read_frame(torn) is None
 
 
-def test_scheduled_notes_arrive_on_time_and_are_reported(synth):
-    s, name = synth
-    reported: list[tuple[mido.Message, float, float]] = []
-    sender = SenderProcess(JACK, on_sent=lambda m, due, actual: reported.append((m, due, actual)))
-    try:
-        port = sender.open_output(name)
-        sender.use_output(port)
-        t0 = time.perf_counter() + 0.3
-        for i in range(8):
-            sender.schedule(t0 + i * 0.05, mido.Message("note_on", note=60 + i, velocity=80))
-            sender.schedule(t0 + i * 0.05 + 0.03, mido.Message("note_off", note=60 + i))
-        assert sender.pending() == 16 and sender.next_due() == pytest.approx(t0)
-        got = s.wait_for(16)
-        assert [m.note for _, m in got if m.type == "note_on"] == list(range(60, 68))
-        # The synth hears each note within a JACK period or two of its due time (128 frames = 2.7 ms).
-        ons = [t for t, m in got if m.type == "note_on"]
-        assert all(-0.001 < t - (t0 + i * 0.05) < 0.02 for i, t in enumerate(ons))
-        deadline = time.monotonic() + 2
-        while len(reported) < 16 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert len(reported) == 16 and sender.sent == 16
-        assert all(actual >= due for _, due, actual in reported)
-        assert sender.lateness_stats().count == 16 and sender.pending() == 0
-        port.close()
-    finally:
-        sender.stop()
-        sender.close()
+def test_scheduled_notes_arrive_on_time_and_are_reported(wired):
+    s, sender, reported = wired
+    t0 = time.perf_counter() + 0.3
+    for i in range(8):
+        sender.schedule(t0 + i * 0.05, mido.Message("note_on", note=60 + i, velocity=80))
+        sender.schedule(t0 + i * 0.05 + 0.03, mido.Message("note_off", note=60 + i))
+    assert sender.pending() == 16 and sender.next_due() == pytest.approx(t0)
+    got = s.wait_for(16)
+    assert [m.note for _, m in got if m.type == "note_on"] == list(range(60, 68))
+    # The synth hears each note within a JACK period or two of its due time (128 frames = 2.7 ms).
+    ons = [t for t, m in got if m.type == "note_on"]
+    assert all(-0.001 < t - (t0 + i * 0.05) < 0.02 for i, t in enumerate(ons))
+    deadline = time.monotonic() + 2
+    while len(reported) < 16 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(reported) == 16 and sender.sent == 16
+    assert all(actual >= due for _, due, actual in reported)
+    assert sender.lateness_stats().count == 16 and sender.pending() == 0
 
 
-def test_thru_cancel_and_panic_keep_their_order(synth):
-    s, name = synth
-    sender = SenderProcess(JACK)
-    try:
-        port = sender.open_output(name)
-        sender.use_output(port)
-        assert sender.send_now(mido.Message("note_on", note=50, velocity=90))
-        assert sender.send_now(mido.Message("note_on", note=50, velocity=0))  # the player's bytes, unchanged
-        now = time.perf_counter()
-        sender.schedule(now, mido.Message("note_on", note=70, velocity=64), "answer-1")
-        sender.schedule(now + 5, mido.Message("note_off", note=70), "answer-1")
-        sender.schedule(now + 5, mido.Message("note_on", note=71, velocity=64), "answer-1")
-        time.sleep(0.2)
-        sender.cancel("answer-1")  # barge-in: nothing more of answer-1, its open note closed at once
-        assert sender.pending("answer-1") == 0
-        got = [m for _, m in s.wait_for(4)]
-        assert got[0] == mido.Message("note_on", note=50, velocity=90)
-        assert got[1] == mido.Message("note_on", note=50, velocity=0)
-        assert got[2].type == "note_on" and got[2].note == 70
-        assert got[3].type == "note_off" and got[3].note == 70
-        sender.schedule(time.perf_counter(), mido.Message("note_on", note=72, velocity=64))
-        time.sleep(0.1)
-        sender.panic()
-        got = [m for _, m in s.wait_for(8)]
-        assert mido.Message("note_off", note=72, velocity=0) in got
-        assert any(m.type == "control_change" and m.control == 123 for m in got)
-        port.close()
-    finally:
-        sender.stop()
-        sender.close()
+def test_thru_cancel_and_panic_keep_their_order(wired):
+    s, sender, _ = wired
+    assert sender.send_now(mido.Message("note_on", note=50, velocity=90))
+    assert sender.send_now(mido.Message("note_on", note=50, velocity=0))  # the player's bytes, unchanged
+    now = time.perf_counter()
+    sender.schedule(now, mido.Message("note_on", note=70, velocity=64), "answer-1")
+    sender.schedule(now + 5, mido.Message("note_off", note=70), "answer-1")
+    sender.schedule(now + 5, mido.Message("note_on", note=71, velocity=64), "answer-1")
+    time.sleep(0.2)
+    sender.cancel("answer-1")  # barge-in: nothing more of answer-1, its open note closed at once
+    assert sender.pending("answer-1") == 0
+    got = [m for _, m in s.wait_for(4)]
+    assert got[0] == mido.Message("note_on", note=50, velocity=90)
+    assert got[1] == mido.Message("note_on", note=50, velocity=0)
+    assert got[2].type == "note_on" and got[2].note == 70
+    assert got[3].type == "note_off" and got[3].note == 70
+    sender.schedule(time.perf_counter(), mido.Message("note_on", note=72, velocity=64))
+    time.sleep(0.1)
+    sender.panic()
+    got = [m for _, m in s.wait_for(8)]
+    assert mido.Message("note_off", note=72, velocity=0) in got
+    assert any(m.type == "control_change" and m.control == 123 for m in got)
 
 
 def test_unknown_port_is_one_line_and_the_child_goes_on(synth):

@@ -42,10 +42,7 @@ def get_backend(name: str | None = None) -> mido.Backend:
         module = BACKENDS[name]
     else:
         raise MidiBackendError(f"unknown MIDI backend {name!r}; use one of: {', '.join(BACKENDS)}")
-    try:
-        return mido.Backend(module, load=True)
-    except (ImportError, ValueError) as err:
-        raise MidiBackendError(f"cannot load MIDI backend {module!r}: {err}") from err
+    return get_backend_module(module)
 
 
 @contextlib.contextmanager
@@ -125,7 +122,7 @@ class PortLister:
     def __init__(self, backend: mido.Backend) -> None:
         self._backend = backend
         self._clients: dict[str, Any] = {}
-        if not (isinstance(backend, mido.Backend) and backend.name.startswith(DEFAULT_BACKEND)):
+        if backend_module(backend) is None:
             return
         import rtmidi
 

@@ -79,6 +79,7 @@ class Reports:
     def late(self, seconds: float) -> None:
         with self._cond:
             self._late.append(seconds)
+            self._cond.notify()
 
     def frame(self, obj: Any) -> None:
         """A reply or a warning, in order after the reports queued before it."""
@@ -95,7 +96,7 @@ class Reports:
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._sent or self._other or self._closed)
+                self._cond.wait_for(lambda: self._sent or self._late or self._other or self._closed)
                 sent, late, other = self._sent, self._late, self._other
                 self._sent, self._late, self._other = [], [], []
                 closed = self._closed
