@@ -119,7 +119,19 @@ def live(args: argparse.Namespace) -> dict:
     sys.path.insert(0, str(ROOT / "tests"))
     import jack_util
     import mido
-    from bench_live import JACK, PERIOD_MS, floor, latency_run, merge, play, pooled, port_ending, start, stop
+    from bench_live import (
+        JACK,
+        PERIOD_MS,
+        floor,
+        latency_run,
+        merge,
+        play,
+        pooled,
+        port_ending,
+        sender_choice,
+        start,
+        stop,
+    )
     from jack_util import corpus_phrase
 
     if not jack_util.have_jackd():
@@ -141,7 +153,7 @@ def live(args: argparse.Namespace) -> dict:
             daemon = start([sys.executable, "-m", "liveduet", "run", "--backend", "jack", "--virtual", "--in",
                             f"critic{k}-in", "--out", f"critic{k}-out", "--model", str(args.model), "--no-dashboard",
                             "--tempo", "120", "--config", str(cfg), "--stats", str(stats), "--seed", "1",
-                            "--sender", sender])
+                            *sender_choice(sender)[0]], env=sender_choice(sender)[1])
             into, back = port_ending(f":critic{k}-in"), port_ending(f":critic{k}-out")
             time.sleep(3)
             keyboard = mido.Backend(JACK).open_output(f"critic{k}-keyboard", virtual=True)
@@ -193,8 +205,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--probes", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--senders", nargs="+", default=["process", "thread"], choices=["process", "thread"],
-                    help="live: `run --sender` choices, side by side")
+    ap.add_argument("--senders", nargs="+", default=["process", "process-rtmidi", "thread"],
+                    help="live: sender labels side by side (bench_live.SENDERS)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     if args.what == "live" and args.ks == [1, 2, 4, 8]:

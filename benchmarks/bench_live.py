@@ -146,9 +146,22 @@ def floor(seconds: float) -> dict:
     return pooled([{"late_ms": [round(x, 3) for x in json.loads(done.stdout)]}])
 
 
-def start(cmd: list[str]) -> subprocess.Popen:
+SENDERS = ("process", "process-rtmidi", "thread")
+
+
+def sender_choice(sender: str) -> tuple[list[str], dict[str, str]]:
+    """`run` arguments and environment for a bench's sender label: `process` (the default: the sender
+    process with JACK's frame-timed output), `process-rtmidi` (the same process with rtmidi's output and
+    the spinning scheduler, LIVEDUET_JACK_TIMED=0), `thread` (the in-process scheduler, rtmidi)."""
+    if sender not in SENDERS:
+        raise SystemExit(f"unknown sender {sender!r}: one of {', '.join(SENDERS)}")
+    env = {"LIVEDUET_JACK_TIMED": "0"} if sender == "process-rtmidi" else {}
+    return ["--sender", sender.split("-")[0]], env
+
+
+def start(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "MIDO_BACKEND": JACK})
+                            env={**os.environ, "MIDO_BACKEND": JACK, **(env or {})})
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         line = proc.stdout.readline()

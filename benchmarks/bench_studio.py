@@ -38,7 +38,17 @@ import mido
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_live  # noqa: E402
-from bench_live import JACK, ROOT, corpus_phrase, jack_util, latency_run, merge, play, port_ending  # noqa: E402
+from bench_live import (  # noqa: E402
+    JACK,
+    ROOT,
+    corpus_phrase,
+    jack_util,
+    latency_run,
+    merge,
+    play,
+    port_ending,
+    sender_choice,
+)
 
 VIEWS = ("none", "web", "dashboard", "dashboard-thread", "both")
 
@@ -58,14 +68,14 @@ class Daemon:
         cfg.write_text("[answer]\nmin_beats = 12.0\nmax_beats = 12.0\n")
         cmd = [sys.executable, "-m", "liveduet", "run", "--backend", "jack", "--virtual", "--in", "liveduet-in",
                "--out", "liveduet-out", "--model", model, "--tempo", "120", "--config", str(cfg),
-               "--stats", str(stats), "--seed", "1", "--sender", sender, *extra]
+               "--stats", str(stats), "--seed", "1", *sender_choice(sender)[0], *extra]
         self.port = None
         if view in ("web", "both"):
             self.port = free_port()
             cmd += ["--web", str(self.port)]
         if view in ("none", "web"):
             cmd.append("--no-dashboard")
-        env = {**os.environ, "MIDO_BACKEND": JACK}
+        env = {**os.environ, "MIDO_BACKEND": JACK, **sender_choice(sender)[1]}
         if nice:
             cmd = ["nice", "-n", str(nice), *cmd]  # above the shared machine's other jobs (root may lower it)
         self.master = None
@@ -187,7 +197,8 @@ def main() -> None:
     ap.add_argument("--model", default=str(ROOT / "models" / "default"))
     ap.add_argument("--out", type=Path)
     ap.add_argument("--views", default=",".join(VIEWS), help=f"comma-separated, of {', '.join(VIEWS)}")
-    ap.add_argument("--senders", default="process,thread", help="comma-separated `run --sender` choices")
+    ap.add_argument("--senders", default="process,process-rtmidi,thread",
+                    help="comma-separated sender labels (bench_live.SENDERS)")
     ap.add_argument("--rounds", type=int, default=4, help="answers per view and repeat")
     ap.add_argument("--daemon-args", default="",
                     help="more `liveduet run` options, e.g. \"--mode vary --variation 0.5\"")

@@ -7,8 +7,12 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # One period = 128 frames at 48 kHz = 2.67 ms; no sound card needed. Realtime scheduling (-R) when
 # we may (root, or rtprio granted): on a loaded 2-core machine a non-realtime server had ~1,600
@@ -139,3 +143,91 @@ class Synth:
             time.sleep(0.01)
         with self.lock:
             return list(self.received)
+
+
+class FrameSynth:
+    """A JACK MIDI input standing for a sample-accurate synth: each message with the time of the
+    frame it was written at (JACK's cycle start + its offset), in perf_counter seconds — where a synth
+    that renders at frame offsets plays it. rtmidi's input (`Synth`) stamps on arrival instead, which
+    is quantised to JACK's period. The client is `<name>` with one port `in`."""
+
+    def __init__(self, name: str) -> None:
+        import ctypes
+
+        from liveduet.io import jackout
+
+        class Event(ctypes.Structure):
+            _fields_ = [("time", ctypes.c_uint32), ("size", ctypes.c_size_t),
+                        ("buffer", ctypes.POINTER(ctypes.c_ubyte))]
+
+        lib = jackout._load()
+        lib.jack_midi_get_event_count.restype = ctypes.c_uint32
+        lib.jack_midi_get_event_count.argtypes = [ctypes.c_void_p]
+        lib.jack_midi_event_get.restype = ctypes.c_int
+        lib.jack_midi_event_get.argtypes = [ctypes.POINTER(Event), ctypes.c_void_p, ctypes.c_uint32]
+        self._lib, self._ctypes, self._event = lib, ctypes, Event
+        self.received: list = []  # (frame time in perf_counter seconds, message)
+        self.lock = threading.Lock()
+        status = ctypes.c_int(0)
+        self._client = lib.jack_client_open(name.encode(), jackout.NO_START_SERVER | jackout.USE_EXACT_NAME,
+                                            ctypes.byref(status))
+        if not self._client:
+            raise RuntimeError(f"FrameSynth: cannot open a JACK client (status 0x{status.value:x})")
+        self._port = lib.jack_port_register(self._client, b"in", jackout.MIDI_TYPE, 0x1, 0)
+        self._offset = jackout.raw_offset()
+        self._cb = jackout.PROCESS(self._process)
+        lib.jack_set_process_callback(self._client, jackout.fn_address(self._cb), None)
+        lib.jack_activate(self._client)
+        self.name = f"{name}:in"
+
+    def _process(self, nframes: int, _arg: object) -> int:
+        import mido
+
+        c, lib = self._ctypes, self._lib
+        buf = lib.jack_port_get_buffer(self._port, nframes)
+        frames, cur, nxt, period = c.c_uint32(), c.c_uint64(), c.c_uint64(), c.c_float()
+        lib.jack_get_cycle_times(self._client, c.byref(frames), c.byref(cur), c.byref(nxt), c.byref(period))
+        span = (nxt.value - cur.value) * 1e-6
+        ev = self._event()
+        for i in range(lib.jack_midi_get_event_count(buf)):
+            if lib.jack_midi_event_get(c.byref(ev), buf, i) == 0:
+                data = bytes(ev.buffer[: ev.size])
+                t = cur.value * 1e-6 + ev.time * span / nframes - self._offset
+                with self.lock:
+                    self.received.append((t, mido.Message.from_bytes(data)))
+        return 0
+
+    def wait_for(self, n: int, timeout: float = 5.0) -> list:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.received) >= n:
+                    return list(self.received)
+            time.sleep(0.01)
+        with self.lock:
+            return list(self.received)
+
+    def close(self) -> None:
+        self._lib.jack_deactivate(self._client)
+        self._lib.jack_client_close(self._client)
+
+
+def check_delivery(server: JackServer, attempt: Callable[[], T], check: Callable[[T], None], tries: int = 3) -> None:
+    """Run `attempt` and `check` its result; a failed check is retried only if JACK had an xrun meanwhile.
+
+    On a starved machine the dummy driver misses cycles and JACK itself drops or repeats MIDI events
+    (measured: losses only in cycles with an xrun). A failure without an xrun is a real failure; if
+    every try fails with xruns, the test is skipped as inconclusive.
+    """
+    for _ in range(tries):
+        before = server.xruns()
+        result = attempt()
+        try:
+            check(result)
+            return
+        except AssertionError:
+            if before is None or server.xruns() == before:
+                raise
+    import pytest
+
+    pytest.skip(f"failed in all {tries} tries, each with JACK xruns (machine overloaded): inconclusive")

@@ -6,13 +6,13 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import mido
 import pytest
-from jack_util import JackServer, have_jackd, jack_connect
+from jack_util import JackServer, check_delivery, have_jackd, jack_connect
 
 from liveduet.cli import main
 from liveduet.clock import MonotonicClock
@@ -75,25 +75,6 @@ def receive(listener: Listener, n: int, timeout: float = RECEIVE_TIMEOUT) -> lis
             break
         got.append(item)
     return got
-
-
-def check_delivery(server: JackServer, attempt: Callable[[], T], check: Callable[[T], None], tries: int = 3) -> None:
-    """Run `attempt` and `check` its result; a failed check is retried only if JACK had an xrun meanwhile.
-
-    On a starved machine the dummy driver misses cycles and JACK itself drops or repeats MIDI events
-    (measured: losses only in cycles with an xrun). A failure without an xrun is a real failure; if
-    every try fails with xruns, the test is skipped as inconclusive.
-    """
-    for _ in range(tries):
-        before = server.xruns()
-        result = attempt()
-        try:
-            check(result)
-            return
-        except AssertionError:
-            if before is None or server.xruns() == before:
-                raise
-    pytest.skip(f"failed in all {tries} tries, each with JACK xruns (machine overloaded): inconclusive")
 
 
 def test_virtual_output_is_found_by_substring_and_delivers(

@@ -99,8 +99,14 @@ class Scheduler:
         pause: float = PAUSE_S,
         max_samples: int = 10_000,
         spin: float = 0.0,
+        send_at: Callable[[mido.Message, float], None] | None = None,
+        lead: float = 0.0,
     ) -> None:
         self._send = send
+        # A port that times messages itself (io/jackout.py) gets scheduled ones `lead` seconds early
+        # with their due time, and measures their lateness where they enter the graph.
+        self._send_at = send_at
+        self.lead = lead if send_at is not None else 0.0
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._on_sent = on_sent
         self._on_late = on_late  # each lateness sample (the sender process reports them to the daemon)
@@ -174,7 +180,7 @@ class Scheduler:
                 if self._closed or not self._heap:
                     break
                 t = self._clock.now() if now is None else now
-                if self._heap[0][0] > t:
+                if self._heap[0][0] > t + self.lead:
                     break
                 due, _, msg, tag = heapq.heappop(self._heap)
                 sent += self._deliver(msg, tag, due, measure=True)
@@ -209,9 +215,9 @@ class Scheduler:
                 elif sent >= self.burst:
                     timeout = self.pause  # a burst went out: let JACK drain before the next
                 else:
-                    timeout = min(MAX_WAIT_S, self._heap[0][0] - self._clock.now())
+                    timeout = min(MAX_WAIT_S, self._heap[0][0] - self.lead - self._clock.now())
                     if self.spin > 0 and 0 < timeout <= self.spin:
-                        spin_until, timeout = self._heap[0][0], 0.0
+                        spin_until, timeout = self._heap[0][0] - self.lead, 0.0
                     elif self.spin > 0 and timeout > self.spin:
                         # Wake a little early, then spin to the due time; and nap in short waits while
                         # notes are queued: a CPU left idle longer wakes slowly (a VM's idle vCPU can
@@ -326,6 +332,8 @@ class Scheduler:
 
     def _deliver(self, msg: mido.Message, tag: str, due: float, measure: bool, wire: mido.Message | None = None) -> int:
         """Send one message with open-note bookkeeping; return how many messages went out."""
+        timed = measure and self._send_at is not None
+        measure = measure and not timed  # the timing port measures its own
         if msg.type == "note_on":
             key = (msg.channel, msg.note)
             out = 0
@@ -336,9 +344,9 @@ class Scheduler:
             if owner is not None and not (owner == THRU_TAG and tag == THRU_TAG):
                 self.retriggers += 1
                 off = mido.Message("note_off", channel=msg.channel, note=msg.note, velocity=0)
-                self._emit(off, due, report=owner != THRU_TAG)
+                self._emit(off, due, report=owner != THRU_TAG, timed=timed)
                 out += 1
-            actual = self._emit(msg, due, report=tag != THRU_TAG, wire=wire)
+            actual = self._emit(msg, due, report=tag != THRU_TAG, wire=wire, timed=timed)
             self._open[key] = tag
             if measure:
                 self._measured(actual - due)
@@ -357,7 +365,7 @@ class Scheduler:
                 self._pedal[msg.channel] = tag
             else:
                 self._pedal.pop(msg.channel, None)
-        actual = self._emit(msg, due, report=tag != THRU_TAG, wire=wire)
+        actual = self._emit(msg, due, report=tag != THRU_TAG, wire=wire, timed=timed)
         if measure:
             self._measured(actual - due)
         return 1
@@ -377,9 +385,13 @@ class Scheduler:
         return emit
 
     def _emit(self, msg: mido.Message, due: float | None = None, report: bool = True,
-              wire: mido.Message | None = None) -> float:
-        self._send(msg if wire is None else wire)
-        actual = self._clock.now()
+              wire: mido.Message | None = None, timed: bool = False) -> float:
+        if timed and due is not None:
+            self._send_at(msg if wire is None else wire, due)
+            actual = due  # where the port will put it; it reports the rare miss itself
+        else:
+            self._send(msg if wire is None else wire)
+            actual = self._clock.now()
         self.sent += 1
         self._channels.add(msg.channel)
         if report and self._on_sent is not None:

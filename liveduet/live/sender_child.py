@@ -15,6 +15,11 @@ and reports go back on stdout: ("s", [(bytes, due, actual)], [lateness], counter
 ("w", line) for a problem. End of stdin (the daemon ended, however it ended) stops the scheduler —
 every open note is closed — and closes the ports: a crashed daemon leaves no stuck note.
 
+On JACK the output is frame-timed (io/jackout.py): the scheduler hands each note over `LEAD_S` early
+and JACK's process callback writes it at the frame where it is due, so the child's wake-ups no longer
+set the timing; lateness is measured there. Elsewhere (ALSA, or LIVEDUET_JACK_TIMED=0, or no C
+compiler to build the callback) rtmidi's output with the spinning scheduler.
+
 Invariant: the Scheduler's (every note-on gets exactly one note-off), now also across a daemon crash.
 """
 
@@ -29,6 +34,9 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import mido
+
+from liveduet.io import jackout
+from liveduet.io.portnames import match_port
 
 HEADER = struct.Struct("<I")
 MAX_FRAME = 1 << 20
@@ -122,6 +130,7 @@ def serve(backend_module: str, inp: BinaryIO, out: BinaryIO) -> None:
     realtime_priority()
     sys.setswitchinterval(0.0002)
     backend = ports.get_backend_module(backend_module)
+    timed = timed_output(backend_module)
     held: dict[int, Any] = {}
     current: list[Any] = [None]
     lock = threading.Lock()  # the port in use, swapped by "use" while the scheduler sends
@@ -131,9 +140,17 @@ def serve(backend_module: str, inp: BinaryIO, out: BinaryIO) -> None:
             if current[0] is not None:
                 current[0].send(msg)
 
+    def send_at(msg: mido.Message, due: float) -> None:
+        with lock:
+            if current[0] is not None:
+                current[0].send_at(msg, due)
+
     reports: Reports
-    sched = Scheduler(send, on_sent=lambda m, due, actual: reports.sent(m, due, actual),
-                      on_late=lambda x: reports.late(x), spin=SPIN_S)
+    on_sent = lambda m, due, actual: reports.sent(m, due, actual)  # noqa: E731
+    if timed:  # JACK writes each note at its frame: no spinning, lateness measured in the graph
+        sched = Scheduler(send, on_sent=on_sent, send_at=send_at, lead=jackout.LEAD_S)
+    else:
+        sched = Scheduler(send, on_sent=on_sent, on_late=lambda x: reports.late(x), spin=SPIN_S)
     reports = Reports(out, lambda: (sched.sent, sched.retriggers, sched.stray_note_offs, sched.errors))
     sched.start()
     try:
@@ -152,7 +169,7 @@ def serve(backend_module: str, inp: BinaryIO, out: BinaryIO) -> None:
                 reports.frame(("r", None))
             elif op == "open":
                 try:
-                    port = ports.open_output(backend, frame[1], virtual=frame[2])
+                    port = open_port(backend, frame[1], frame[2], timed, reports)
                 except LiveduetError as err:
                     reports.frame(("r", ("error", type(err).__name__, str(err))))
                 else:
@@ -176,6 +193,23 @@ def serve(backend_module: str, inp: BinaryIO, out: BinaryIO) -> None:
         for port in held.values():
             port.close()
         reports.close()
+
+
+def timed_output(backend_module: str) -> bool:
+    """JACK gets the frame-accurate output (io/jackout.py) unless LIVEDUET_JACK_TIMED=0 (a diagnostic:
+    the rtmidi output with the spinning scheduler, for side-by-side measurements)."""
+    return (backend_module.endswith("/UNIX_JACK") and os.environ.get("LIVEDUET_JACK_TIMED", "1") != "0"
+            and jackout.available())
+
+
+def open_port(backend: Any, query: str, virtual: bool, timed: bool, reports: Reports) -> Any:
+    """The output port for `query`, as `ports.open_output` resolves it; a timed JACK one if `timed`."""
+    from liveduet.io import ports
+
+    if not timed:
+        return ports.open_output(backend, query, virtual=virtual)
+    name = query if virtual else match_port(query, ports.port_names(backend, "output"), "output")
+    return jackout.JackTimedOutput(name, virtual=virtual, on_late=reports.late)
 
 
 def main() -> int:
