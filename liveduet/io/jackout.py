@@ -7,8 +7,8 @@ scheduler woke on time to send it — on a shared VM 1–3 % of wake-ups came 1�
 scheduler hands a note over `LEAD_S` early with its due time (`send_at`); JACK's process callback
 writes it at the frame where it is due. A note is late only if it was handed over after its cycle
 began (a stall longer than `LEAD_S` minus one period); that lateness is measured in the callback,
-on the graph's clock, and reported through `on_late`. Messages sent now (`send`: thru, barge-in,
-panic) go into the next cycle at its first free frame, as rtmidi's do.
+on the graph's clock, and each written note is reported with it (`on_written`). Messages sent now
+(`send`: thru, barge-in, panic) go into the next cycle at its first free frame, as rtmidi's do.
 
 Order (`Order`): no message goes out before one handed over earlier for the same key —
 (channel, note), (channel, controller) or (channel, kind). A barge-in's note-off sent now follows a
@@ -45,11 +45,14 @@ from liveduet.errors import LiveduetError
 LEAD_S = 0.008  # hand-over this early: stalls up to ~5 ms (8 ms − one 2.67 ms period) cost nothing
 MAX_EVENTS_PER_CYCLE = 64  # the rest wait a cycle: a full port buffer drops events silently
 DRAIN_S = 0.2  # `close` waits this long at most for handed-over messages to go out
-LATE_POLL_S = 0.01
+POLL_S = 0.005  # what was written is reported this often (the recording, the figures)
 MIDI_TYPE = b"8 bit raw midi"
 NO_START_SERVER = 0x01
 USE_EXACT_NAME = 0x02
 PORT_IS_OUTPUT = 0x2
+
+
+OnWritten = Callable[[mido.Message, float, float, Any], None]  # (message, due, actual, token)
 
 
 class JackOutputError(LiveduetError):
@@ -116,8 +119,11 @@ def build_callback() -> ctypes.CDLL:
             raise JackOutputError("no C compiler (cc) to build the JACK output's callback")
         lib_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = lib_path.with_suffix(f".{os.getpid()}.tmp")
-        done = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(SOURCE)],
-                              capture_output=True, text=True)
+        try:
+            done = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(SOURCE)],
+                                  capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise JackOutputError(f"cannot run the C compiler {cc!r} ({err})") from err
         if done.returncode != 0:
             tmp.unlink(missing_ok=True)
             first = (done.stderr.strip().splitlines() or ["no message"])[0]
@@ -130,7 +136,8 @@ def build_callback() -> ctypes.CDLL:
     lib.lt_push.restype = i
     lib.lt_push.argtypes = [vp, ctypes.c_double, ctypes.c_double, ctypes.c_uint64, ctypes.c_char_p, i, i]
     lib.lt_pending.restype, lib.lt_pending.argtypes = i, [vp]
-    lib.lt_read_late.restype, lib.lt_read_late.argtypes = i, [vp, ctypes.POINTER(ctypes.c_double), i]
+    lib.lt_read_late.restype = i
+    lib.lt_read_late.argtypes = [vp, ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_double), i]
     lib.lt_overflows.restype, lib.lt_overflows.argtypes = ctypes.c_uint64, [vp]
     lib.lt_process.restype, lib.lt_process.argtypes = i, [ctypes.c_uint32, vp]
     _timed = lib
@@ -176,16 +183,6 @@ def fn_address(fn: Any) -> int:
     return ctypes.cast(fn, ctypes.c_void_p).value or 0
 
 
-def available() -> bool:
-    """Whether libjack loads and the callback builds here (the server may still be down)."""
-    try:
-        _load()
-        build_callback()
-    except (JackOutputError, OSError):
-        return False
-    return True
-
-
 def raw_offset() -> float:
     """JACK's clock (CLOCK_MONOTONIC_RAW) minus the scheduler's (perf_counter), read now."""
     a = time.perf_counter()
@@ -198,13 +195,14 @@ class JackTimedOutput:
     """One JACK client with one MIDI output port; `send` now, `send_at` at a due time (perf_counter
     seconds). `name` (a full port name) is connected to; `virtual` leaves the port for others to
     connect, named as rtmidi names its own (`RtMidiOut Client:<name>`), so what users see is unchanged.
-    Lateness samples reach `on_late` from a reader thread (every `LATE_POLL_S`)."""
+    What was written reaches `on_written(msg, due, actual, token)` from a reader thread (every
+    `POLL_S`): `actual` is the time of its frame, `token` what `send_at` was given."""
 
-    def __init__(self, name: str, virtual: bool = False,
-                 on_late: Callable[[float], None] | None = None) -> None:
+    def __init__(self, name: str, virtual: bool = False, on_written: OnWritten | None = None) -> None:
         lib, timed = _load(), build_callback()
         self.name = name
-        self._on_late = on_late
+        self._on_written = on_written
+        self._inflight: dict[int, tuple[mido.Message, float, Any]] = {}  # seq -> what send_at was given
         self._lock = threading.Lock()  # one producer at a time for the C ring
         self._order = Order()
         self._closed = False
@@ -235,11 +233,11 @@ class JackTimedOutput:
 
     def send(self, msg: mido.Message) -> None:
         """Into the next cycle, after anything handed over earlier for the same key."""
-        self._push(bytes(msg.bytes()), time.clock_gettime(time.CLOCK_MONOTONIC_RAW), measure=False)
+        self._push(msg, time.clock_gettime(time.CLOCK_MONOTONIC_RAW), None)
 
-    def send_at(self, msg: mido.Message, due: float) -> None:
-        """At `due` (perf_counter seconds), to the frame."""
-        self._push(bytes(msg.bytes()), due + raw_offset(), measure=True)
+    def send_at(self, msg: mido.Message, due: float, token: Any = None) -> None:
+        """At `due` (perf_counter seconds), to the frame; reported to `on_written` once written."""
+        self._push(msg, due + raw_offset(), (due, token))
 
     def pending(self) -> int:
         return 0 if self._closed else build_callback().lt_pending(self._state)
@@ -254,15 +252,19 @@ class JackTimedOutput:
         self._closed = True
         self._close_client()
         self._reader.join(1.0)
-        self._drain_late()
+        self._read_written()
         build_callback().lt_free(self._state)
 
-    def _push(self, data: bytes, at: float, measure: bool) -> None:
+    def _push(self, msg: mido.Message, at: float, timed: tuple[float, Any] | None) -> None:
         if self._closed:
             return  # as rtmidi after close, minus its segfault
+        data = bytes(msg.bytes())
         with self._lock:
-            when, seq = self._order.place(data, at, now=not measure)
-            if build_callback().lt_push(self._state, when, at, seq, data, len(data), int(measure)):
+            when, seq = self._order.place(data, at, now=timed is None)
+            if timed is not None:
+                self._inflight[seq] = (msg, *timed)
+            if build_callback().lt_push(self._state, when, at, seq, data, len(data), int(timed is not None)):
+                self._inflight.pop(seq, None)
                 raise JackOutputError("the JACK output's queue is full (4,096 messages handed over)")
 
     def _close_client(self) -> None:
@@ -272,15 +274,19 @@ class JackTimedOutput:
 
     def _read_late(self) -> None:
         while not self._closed:
-            time.sleep(LATE_POLL_S)
-            self._drain_late()
+            time.sleep(POLL_S)
+            self._read_written()
 
-    def _drain_late(self) -> None:
-        buf = (ctypes.c_double * 256)()
-        while (n := build_callback().lt_read_late(self._state, buf, 256)) > 0:
-            if self._on_late is not None:
-                for x in buf[:n]:
-                    self._on_late(x)
+    def _read_written(self) -> None:
+        seqs, lates = (ctypes.c_uint64 * 256)(), (ctypes.c_double * 256)()
+        while (n := build_callback().lt_read_late(self._state, seqs, lates, 256)) > 0:
+            with self._lock:
+                done = [(self._inflight.pop(seq, None), late) for seq, late in zip(seqs[:n], lates[:n], strict=True)]
+            if self._on_written is not None:
+                for item, late in done:
+                    if item is not None:
+                        msg, due, token = item
+                        self._on_written(msg, due, due + late, token)
 
     def _shutdown(self, _arg: object) -> None:
         self._alive = False  # the server went away: nothing will drain

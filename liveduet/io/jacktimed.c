@@ -4,7 +4,8 @@
  * every period, and on a loaded 2-core machine that doubled the server's xruns and lost MIDI.
  * Python hands messages over through a single-producer ring (`lt_push`, under a Python lock); the
  * callback moves them into a heap by (time, sequence) and writes each one due before the end of
- * the cycle at its frame. Lateness samples come back through a second ring (`lt_read_late`).
+ * the cycle at its frame. What was written, with its lateness, comes back through a second ring
+ * (`lt_read_late`).
  *
  * No JACK header and no linking: io/jackout.py passes the four libjack functions it needs as
  * pointers, so any C compiler builds this on its own (`cc -O2 -shared -fPIC`). Tests drive
@@ -41,6 +42,7 @@ typedef struct {
     uint32_t in_head, in_tail; /* head: the producer's; tail: the callback's */
     ev_t pend[PENDING];
     int npend, npend_seen; /* npend_seen: published for `lt_pending` */
+    uint64_t late_seq[LATE];
     double late[LATE];
     uint32_t late_head, late_tail;
     uint64_t overflows; /* messages refused: a full ring or heap */
@@ -117,11 +119,14 @@ int lt_pending(lt_state *s) {
     return (int)(head - tail) + __atomic_load_n(&s->npend_seen, __ATOMIC_ACQUIRE);
 }
 
-/* Up to `max` lateness samples (seconds) into `out`; how many. */
-int lt_read_late(lt_state *s, double *out, int max) {
+/* Up to `max` written measured messages: their sequence numbers and lateness (seconds); how many. */
+int lt_read_late(lt_state *s, uint64_t *seqs, double *out, int max) {
     uint32_t tail = s->late_tail, head = __atomic_load_n(&s->late_head, __ATOMIC_ACQUIRE);
     int n = 0;
-    while (tail != head && n < max) out[n++] = s->late[tail++ & (LATE - 1)];
+    while (tail != head && n < max) {
+        seqs[n] = s->late_seq[tail & (LATE - 1)];
+        out[n++] = s->late[tail++ & (LATE - 1)];
+    }
     __atomic_store_n(&s->late_tail, tail, __ATOMIC_RELEASE);
     return n;
 }
@@ -156,6 +161,7 @@ int lt_process(uint32_t nframes, void *arg) {
                 double late = start + off * span / nframes - e.due;
                 uint32_t lh = s->late_head;
                 if (lh - __atomic_load_n(&s->late_tail, __ATOMIC_ACQUIRE) < LATE) {
+                    s->late_seq[lh & (LATE - 1)] = e.seq;
                     s->late[lh & (LATE - 1)] = late > 0 ? late : 0;
                     __atomic_store_n(&s->late_head, lh + 1, __ATOMIC_RELEASE);
                 }

@@ -99,12 +99,12 @@ class Scheduler:
         pause: float = PAUSE_S,
         max_samples: int = 10_000,
         spin: float = 0.0,
-        send_at: Callable[[mido.Message, float], None] | None = None,
+        send_at: Callable[[mido.Message, float, bool], None] | None = None,
         lead: float = 0.0,
     ) -> None:
         self._send = send
         # A port that times messages itself (io/jackout.py) gets scheduled ones `lead` seconds early
-        # with their due time, and measures their lateness where they enter the graph.
+        # with their due time and whether to report them; it measures and reports them once written.
         self._send_at = send_at
         self.lead = lead if send_at is not None else 0.0
         self._clock: Clock = clock if clock is not None else MonotonicClock()
@@ -386,14 +386,14 @@ class Scheduler:
 
     def _emit(self, msg: mido.Message, due: float | None = None, report: bool = True,
               wire: mido.Message | None = None, timed: bool = False) -> float:
-        if timed and due is not None:
-            self._send_at(msg if wire is None else wire, due)
-            actual = due  # where the port will put it; it reports the rare miss itself
-        else:
-            self._send(msg if wire is None else wire)
-            actual = self._clock.now()
         self.sent += 1
         self._channels.add(msg.channel)
+        if timed and due is not None:
+            # The port reports it (to whoever `on_sent` would tell) once written, with its frame's time.
+            self._send_at(msg if wire is None else wire, due, report)
+            return due
+        self._send(msg if wire is None else wire)
+        actual = self._clock.now()
         if report and self._on_sent is not None:
             self._on_sent(msg, actual if due is None else due, actual)
         return actual

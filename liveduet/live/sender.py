@@ -264,6 +264,10 @@ class SenderProcess:
                 if on_sent is not None:
                     for raw, due, actual in sent:
                         on_sent(mido.Message.from_bytes(raw), due, actual)
+            elif kind == "w":
+                log.warning("sender: %s", frame[1])
+                if self.on_warning is not None:
+                    self.on_warning(frame[1])
             elif kind == "r":
                 with self._reply:
                     self._replies.append(frame[1])

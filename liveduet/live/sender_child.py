@@ -130,7 +130,7 @@ def serve(backend_module: str, inp: BinaryIO, out: BinaryIO) -> None:
     realtime_priority()
     sys.setswitchinterval(0.0002)
     backend = ports.get_backend_module(backend_module)
-    timed = timed_output(backend_module)
+    timed, why_not = timed_output(backend_module)
     held: dict[int, Any] = {}
     current: list[Any] = [None]
     lock = threading.Lock()  # the port in use, swapped by "use" while the scheduler sends
@@ -140,10 +140,15 @@ def serve(backend_module: str, inp: BinaryIO, out: BinaryIO) -> None:
             if current[0] is not None:
                 current[0].send(msg)
 
-    def send_at(msg: mido.Message, due: float) -> None:
+    def send_at(msg: mido.Message, due: float, report: bool) -> None:
         with lock:
             if current[0] is not None:
-                current[0].send_at(msg, due)
+                current[0].send_at(msg, due, report)
+
+    def written(msg: mido.Message, due: float, actual: float, report: bool) -> None:
+        reports.late(actual - due)
+        if report:
+            reports.sent(msg, due, actual)
 
     reports: Reports
     on_sent = lambda m, due, actual: reports.sent(m, due, actual)  # noqa: E731
@@ -152,6 +157,8 @@ def serve(backend_module: str, inp: BinaryIO, out: BinaryIO) -> None:
     else:
         sched = Scheduler(send, on_sent=on_sent, on_late=lambda x: reports.late(x), spin=SPIN_S)
     reports = Reports(out, lambda: (sched.sent, sched.retriggers, sched.stray_note_offs, sched.errors))
+    if why_not:
+        reports.frame(("w", why_not))
     sched.start()
     try:
         while (frame := read_frame(inp)) is not None:
@@ -169,7 +176,7 @@ def serve(backend_module: str, inp: BinaryIO, out: BinaryIO) -> None:
                 reports.frame(("r", None))
             elif op == "open":
                 try:
-                    port = open_port(backend, frame[1], frame[2], timed, reports)
+                    port = open_port(backend, frame[1], frame[2], timed, written)
                 except LiveduetError as err:
                     reports.frame(("r", ("error", type(err).__name__, str(err))))
                 else:
@@ -195,21 +202,27 @@ def serve(backend_module: str, inp: BinaryIO, out: BinaryIO) -> None:
         reports.close()
 
 
-def timed_output(backend_module: str) -> bool:
-    """JACK gets the frame-accurate output (io/jackout.py) unless LIVEDUET_JACK_TIMED=0 (a diagnostic:
-    the rtmidi output with the spinning scheduler, for side-by-side measurements)."""
-    return (backend_module.endswith("/UNIX_JACK") and os.environ.get("LIVEDUET_JACK_TIMED", "1") != "0"
-            and jackout.available())
+def timed_output(backend_module: str) -> tuple[bool, str | None]:
+    """Whether JACK gets the frame-accurate output (io/jackout.py), and why not where it should.
+    LIVEDUET_JACK_TIMED=0 is a diagnostic: rtmidi's output and the spinning scheduler, side by side."""
+    if not backend_module.endswith("/UNIX_JACK") or os.environ.get("LIVEDUET_JACK_TIMED", "1") == "0":
+        return False, None
+    try:
+        jackout._load()
+        jackout.build_callback()
+    except (jackout.JackOutputError, OSError) as err:
+        return False, f"notes go out through rtmidi (up to a JACK period late): {err}"
+    return True, None
 
 
-def open_port(backend: Any, query: str, virtual: bool, timed: bool, reports: Reports) -> Any:
+def open_port(backend: Any, query: str, virtual: bool, timed: bool, written: jackout.OnWritten) -> Any:
     """The output port for `query`, as `ports.open_output` resolves it; a timed JACK one if `timed`."""
     from liveduet.io import ports
 
     if not timed:
         return ports.open_output(backend, query, virtual=virtual)
     name = query if virtual else match_port(query, ports.port_names(backend, "output"), "output")
-    return jackout.JackTimedOutput(name, virtual=virtual, on_late=reports.late)
+    return jackout.JackTimedOutput(name, virtual=virtual, on_written=written)
 
 
 def main() -> int:
