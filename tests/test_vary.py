@@ -22,7 +22,15 @@ from liveduet.live.engine import Engine
 from liveduet.live.phrase import Action, Input, State, transition
 from liveduet.live.scheduler import Scheduler
 from liveduet.live.settings import LiveSettings
-from liveduet.live.vary import fill_window, key_pitch_classes, morph_events, slerp, split_windows, vary_events
+from liveduet.live.vary import (
+    fill_window,
+    key_pitch_classes,
+    monotone_path,
+    morph_events,
+    slerp,
+    split_windows,
+    vary_events,
+)
 from liveduet.model.config import TrainConfig
 from liveduet.model.vae import PhraseVAE, VAEConfig, duration_table, pack_phrases
 from liveduet.model.vae_eval import reconstruction_metrics
@@ -149,8 +157,25 @@ def test_morph_starts_at_a_and_ends_at_b(vae: VAEModel):
     a, b = phrase(8), [((p[0] - 12,), d) for p, d in phrase(8)][::-1]
     steps = morph_events(vae, a, b, 4)
     assert len(steps) == 4 and all(length(s) == 8 * TICKS for s in steps)
-    assert steps[0] == vary_events(vae, a, 0.0, seed=0), "t = 0 decodes A's μ"
-    assert steps[-1] == vary_events(vae, b, 0.0, seed=0), "t = 1 decodes B's μ"
+    assert steps[0] == a and steps[-1] == b, "the player's own phrases at the ends"
+    nominal = morph_events(vae, a, b, 4, nominal=True)
+    assert nominal[0] == vary_events(vae, a, 0.0, seed=0), "the model alone: t = 0 decodes A's μ"
+    assert nominal[-1] == vary_events(vae, b, 0.0, seed=0), "t = 1 decodes B's μ"
+
+
+def test_the_morph_path_only_moves_away_from_a_and_towards_b():
+    # steps: A, three inner steps with options (distance to A, distance to B), B; A and B 0.8 apart
+    dist = [[(0.0, 0.8)],
+            [(0.5, 0.4), (0.2, 0.7)],  # nominal option overshoots; the second keeps the path monotone
+            [(0.3, 0.6), (0.45, 0.5)],
+            [(0.7, 0.1), (0.6, 0.3)],
+            [(0.8, 0.0)]]
+    path = monotone_path(dist, [0.0, 0.25, 0.5, 0.75, 1.0])
+    assert path == [0, 1, 1, 1, 0]  # step 3: both options keep the order; (0.6, 0.3) sits at 3/4 of the way
+    chosen = [dist[k][i] for k, i in enumerate(path)]
+    assert all(x[0] <= y[0] and x[1] >= y[1] for x, y in zip(chosen, chosen[1:]))
+    # no monotone path: the fewest breaks
+    assert monotone_path([[(0.0, 1.0)], [(0.9, 0.2)], [(0.3, 0.8)], [(1.0, 0.0)]], [0, 1 / 3, 2 / 3, 1]) == [0, 0, 0, 0]
 
 
 # ---- the engine in vary mode, on the manual clock -------------------------------------------------

@@ -21,6 +21,13 @@ pitch classes the call itself plays (its own accidentals stay available: σ = 0 
 Morph steps keep the nearer end's key. The rule changes which tokens the greedy decoder may pick,
 never z: the card reports the model alone next to the model with the rule.
 
+Morph (`morph_events`). A morph starts with A's own window and ends with B's (a player morphing
+their phrase into another wants to hear both as played, not as the VAE hears them); the inner steps
+are decoded from the spherical path between the two μ. A greedy decode is a step function of z, so
+the decode at t = 0.5 can land nearer A than the one at 0.25; each inner step is therefore decoded
+at its own t and at a few nearby points, and the steps are chosen as a path whose distance to A only
+grows and to B only shrinks (`monotone_path`). The card reports the nominal decodes too.
+
 Invariant: a variation lasts exactly as long as its phrase, in twelfths of a beat.
 """
 
@@ -36,7 +43,7 @@ import torch
 from torch import Tensor
 
 from liveduet.errors import ModelLoadError
-from liveduet.music.listening import find_key, key_scale
+from liveduet.music.listening import edit_similarity, find_key, key_scale
 from liveduet.music.tokens import BOS, TICKS, Event, Vocabulary, events_to_notes
 
 if TYPE_CHECKING:  # the VAE is imported when vary mode is used, not by every `liveduet run`
@@ -209,23 +216,67 @@ def vary_events(vae: VAEModel, events: list[Event], sigma: float, seed: int, kee
     return Variation(vae, events, sigma, seed, keep_key).events()
 
 
-def morph_events(vae: VAEModel, a: list[Event], b: list[Event], steps: int, keep_key: bool = True
-                 ) -> list[list[Event]]:
-    """`steps` phrases from A to B: the first windows of each encoded to μ, interpolated spherically
-    (t = 0 … 1), each decoded greedily to one window (`window_beats` beats); with keep_key, in the
-    nearer end's key (t < 0.5: A's)."""
+MORPH_NEARBY = (0.0, -0.06, 0.06, -0.12, 0.12)  # where on the path each inner step may be decoded
+
+
+def morph_events(vae: VAEModel, a: list[Event], b: list[Event], steps: int, keep_key: bool = True,
+                 nominal: bool = False) -> list[list[Event]]:
+    """`steps` phrases from A to B (each `window_beats` beats): the first step is A's own window and
+    the last B's; the first windows of each are encoded to μ and the inner steps decoded greedily
+    from the spherical path between them, each from its own point t or a nearby one (`MORPH_NEARBY`),
+    chosen so that the distance to A only grows and the distance to B only shrinks step by step
+    (`monotone_path`). With keep_key, a step plays in the nearer end's key (t < 0.5: A's).
+    `nominal`: the decoder alone at the nominal points, A's and B's reconstructions at the ends
+    (what the card reports as the model alone)."""
     width = vae.cfg.window_beats * TICKS
     wa, wb = (fill_window(split_windows(x, width)[0], width) for x in (a, b))
     za, _ = vae.encode(vae.vocab.encode(wa))
     zb, _ = vae.encode(vae.vocab.encode(wb))
     keys = (key_pitch_classes(wa), key_pitch_classes(wb)) if keep_key else (None, None)
-    out = []
-    for k in range(steps):
-        t = k / (steps - 1) if steps > 1 else 0.0
-        z = slerp(za[0], zb[0], t)[None]
-        decoder = PhraseDecoder(vae, z, width, keys[0] if t < 0.5 else keys[1])
-        out.append([e for e in iter(decoder.next_event, None)])
-    return out
+    ts = [k / (steps - 1) if steps > 1 else 0.0 for k in range(steps)]
+
+    def decode(t: float, nominal_t: float) -> list[Event]:
+        decoder = PhraseDecoder(vae, slerp(za[0], zb[0], t)[None], width, keys[0] if nominal_t < 0.5 else keys[1])
+        return list(iter(decoder.next_event, None))
+
+    if nominal or steps < 2:
+        return [decode(t, t) for t in ts]
+    options: list[list[list[Event]]] = []
+    for t in ts[1:-1]:
+        found: list[list[Event]] = []
+        for dt in MORPH_NEARBY:
+            if 0.0 < t + dt < 1.0 and (events := decode(t + dt, t)) not in found:
+                found.append(events)
+        options.append(found)
+    ta, tb = vae.vocab.encode(wa), vae.vocab.encode(wb)
+    dist = [[(1 - edit_similarity(ta, vae.vocab.encode(e)), 1 - edit_similarity(tb, vae.vocab.encode(e)))
+             for e in found] for found in options]
+    end = 1 - edit_similarity(ta, tb)
+    choice = monotone_path([[(0.0, end)], *dist, [(end, 0.0)]], ts)
+    return [wa, *(options[k][c] for k, c in enumerate(choice[1:-1])), wb]
+
+
+def monotone_path(dist: list[list[tuple[float, float]]], ts: list[float]) -> list[int]:
+    """One option per step (`dist[k]`: each option's distances to A and to B) such that, step by
+    step, the distance to A never falls and the distance to B never rises; the fewest such breaks
+    when no path has none, then the options nearest their step's share of the way (t). The first
+    option of each step is its nominal one: ties keep it."""
+    # best[k][i] = (breaks, deviation, previous option) of the best path ending in option i of step k
+    best: list[list[tuple[int, float, int]]] = [[(0, 0.0, -1) for _ in dist[0]]]
+    span = max(dist[-1][0][0], 1e-9)
+    for k in range(1, len(dist)):
+        row = []
+        for i, (da, db) in enumerate(dist[k]):
+            dev = abs(da / span - ts[k]) + 1e-6 * i
+            row.append(min((best[k - 1][j][0] + (da < pa) + (db > pb), best[k - 1][j][1] + dev, j)
+                           for j, (pa, pb) in enumerate(dist[k - 1])))
+        best.append(row)
+    i = min(range(len(best[-1])), key=lambda x: best[-1][x][:2])
+    path = [i]
+    for k in range(len(dist) - 1, 0, -1):
+        i = best[k][i][2]
+        path.append(i)
+    return path[::-1]
 
 
 class Varier:

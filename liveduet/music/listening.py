@@ -85,6 +85,19 @@ def texture_gap(a: Sequence[Note], b: Sequence[Note]) -> float:
     return abs(texture(a) - texture(b))
 
 
+def edit_similarity(a: Sequence[int], b: Sequence[int]) -> float:
+    """1 − Levenshtein distance / the longer length, over token sequences (1: the same phrase)."""
+    if not a and not b:
+        return 1.0
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i] + [0] * len(b)
+        for j, y in enumerate(b, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
+        prev = cur
+    return 1.0 - prev[-1] / max(len(a), len(b))
+
+
 def find_key(notes: Sequence[Note]) -> tuple[int, str]:
     """Krumhansl–Schmuckler: (tonic pitch class, "major" | "minor") whose profile correlates best
     with the duration-weighted pitch-class histogram."""
