@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from liveduet.errors import ModelLoadError
-from liveduet.music.listening import edit_similarity, find_key, key_scale
+from liveduet.music.listening import edit_similarity, find_key, in_key_share, key_scale
 from liveduet.music.tokens import BOS, TICKS, Event, Vocabulary, events_to_notes
 
 if TYPE_CHECKING:  # the VAE is imported when vary mode is used, not by every `liveduet run`
@@ -216,7 +216,7 @@ def vary_events(vae: VAEModel, events: list[Event], sigma: float, seed: int, kee
     return Variation(vae, events, sigma, seed, keep_key).events()
 
 
-MORPH_NEARBY = (0.0, -0.06, 0.06, -0.12, 0.12)  # where on the path each inner step may be decoded
+MORPH_NEARBY = (0.0, -0.06, 0.06, -0.12, 0.12, -0.18, 0.18)  # where on the path each inner step may be decoded
 
 
 def morph_events(vae: VAEModel, a: list[Event], b: list[Event], steps: int, keep_key: bool = True,
@@ -247,13 +247,25 @@ def morph_events(vae: VAEModel, a: list[Event], b: list[Event], steps: int, keep
         for dt in MORPH_NEARBY:
             if 0.0 < t + dt < 1.0 and (events := decode(t + dt, t)) not in found:
                 found.append(events)
-        options.append(found)
+        # A step stays as much in key as the nearer end itself (or 90 %): the nominal decode always counts.
+        end_events = wa if t < 0.5 else wb
+        floor = min(0.9, in_key(end_events, end_events))
+        options.append([e for k, e in enumerate(found) if k == 0 or in_key(e, end_events) >= floor])
     ta, tb = vae.vocab.encode(wa), vae.vocab.encode(wb)
     dist = [[(1 - edit_similarity(ta, vae.vocab.encode(e)), 1 - edit_similarity(tb, vae.vocab.encode(e)))
              for e in found] for found in options]
     end = 1 - edit_similarity(ta, tb)
     choice = monotone_path([[(0.0, end)], *dist, [(end, 0.0)]], ts)
     return [wa, *(options[k][c] for k, c in enumerate(choice[1:-1])), wb]
+
+
+def in_key(events: list[Event], reference: list[Event]) -> float:
+    """The share of `events`' notes in `reference`'s key (1 when either has no notes)."""
+    notes = [(on / TICKS, off / TICKS, p, 80) for on, off, p in events_to_notes(events)]
+    ref = [(on / TICKS, off / TICKS, p, 80) for on, off, p in events_to_notes(reference)]
+    if not notes or not ref:
+        return 1.0
+    return in_key_share(notes, key_scale(*find_key(ref)))
 
 
 def monotone_path(dist: list[list[tuple[float, float]]], ts: list[float]) -> list[int]:
