@@ -42,7 +42,8 @@ import mido
 
 from liveduet.errors import LiveduetError
 
-LEAD_S = 0.008  # hand-over this early: stalls up to ~5 ms (8 ms − one 2.67 ms period) cost nothing
+LEAD_S = 0.02  # hand-over this early: stalls up to ~17 ms (20 ms − one 2.67 ms period) cost nothing;
+# a barge-in then lets at most 20 ms of handed-over note-ons sound, each closed at once (per-key order)
 MAX_EVENTS_PER_CYCLE = 64  # the rest wait a cycle: a full port buffer drops events silently
 DRAIN_S = 0.2  # `close` waits this long at most for handed-over messages to go out
 POLL_S = 0.005  # what was written is reported this often (the recording, the figures)
