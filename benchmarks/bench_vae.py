@@ -19,7 +19,8 @@ and live/vary.py, the code `liveduet vary`, `liveduet morph` and vary mode run:
 - live: held-out calls played through the daemon's Session in vary mode (live/evaluate.py, simulated
   time): the answers against their calls; then `--realtime-calls` calls in real time on a monotonic clock
   (threads as in `liveduet run`): encode + first beat compute per answer and the scheduler's lateness.
-  `--realtime-calls 0` skips it and keeps the live sections already in --out, marked as not re-measured.
+  `--realtime-calls 0` skips it and keeps the live sections already in --out, marked as not re-measured;
+  `--calls 0` does the same for the simulated player (no --live-data needed).
 """
 
 from __future__ import annotations
@@ -296,9 +297,14 @@ def main() -> int:
         print(json.dumps(result["variation_curve" + suffix]), file=sys.stderr)
         result["morph" + suffix] = morph(vae, phrases, pairs=50, keep_key=keep_key)
         print(json.dumps(result["morph" + suffix]), file=sys.stderr)
-    live_data = load_dataset(args.live_data)
-    result["live_simulated"] = live_simulated(lm, live_data, args.model, 0.5, args.calls)
-    print(json.dumps(result["live_simulated"]), file=sys.stderr)
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+    live_data = load_dataset(args.live_data) if args.calls or args.realtime_calls else None
+    if args.calls:
+        result["live_simulated"] = live_simulated(lm, live_data, args.model, 0.5, args.calls)
+        print(json.dumps(result["live_simulated"]), file=sys.stderr)
+    elif previous.get("live_simulated"):  # `--calls 0`: the daemon's simulated player is not run here
+        result["live_simulated"] = {**previous["live_simulated"], "note": previous["live_simulated"].get("note") or (
+            f"kept from the previous {args.out} (model {previous.get('model')}): not re-measured with this model")}
     if args.realtime_calls:
         result["live"] = live_realtime(lm, live_data, args.model, 0.5, args.realtime_calls)
         print(json.dumps(result["live"]), file=sys.stderr)
@@ -306,7 +312,6 @@ def main() -> int:
         result["live_call_mode"] = live_realtime(lm, live_data, args.model, 0.5, args.realtime_calls, mode="call")
         print(json.dumps(result["live_call_mode"]), file=sys.stderr)
     else:
-        previous = json.loads(args.out.read_text()) if args.out.exists() else {}
         for key in ("live", "live_call_mode"):
             if previous.get(key):
                 result[key] = previous[key]
@@ -327,7 +332,7 @@ def main() -> int:
             "reconstruction_exported": rec, "variation_curve": result["variation_curve"], "morph": result["morph"],
             "variation_curve_model_alone": result["variation_curve_model_alone"],
             "morph_model_alone": result["morph_model_alone"], "live": result.get("live"),
-            "live_note": result.get("live_note"), "live_simulated": result["live_simulated"],
+            "live_note": result.get("live_note"), "live_simulated": result.get("live_simulated"),
             "targets": result["targets"], "targets_model_alone": result["targets_model_alone"]})
     print(json.dumps(result["targets"], indent=1))
     return 0

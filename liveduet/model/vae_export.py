@@ -343,7 +343,8 @@ def render_evaluation(ev: dict) -> list[str]:
                   f"{sim['answered']}/{sim['calls']} held-out calls answered in vary mode at σ = {sim['sigma']}; "
                   f"the answer against its call: pitch-class cosine {_f(m.get('pc_cosine'))}, rhythm overlap "
                   f"{_f(m.get('rhythm_overlap'))}, in key {_f(m.get('in_key'))}, register gap "
-                  f"{_f(m.get('register_gap'), '.2f')} semitones.", ""]
+                  f"{_f(m.get('register_gap'), '.2f')} semitones."
+                  + (f" ({sim['note']}.)" if sim.get("note") else ""), ""]
     live = ev.get("live")
     if live:
         lines += ["## Live cost (inside the daemon's engine)", "",
