@@ -367,3 +367,27 @@ def test_thru_adds_nothing_to_the_players_stream(clock) -> None:
     assert [m.type for m in out.messages] == ["note_on"] * 3
     sched.panic()
     assert ("note_off", 127) in [(m.type, getattr(m, "note", None)) for m in out.messages], "still closed at panic"
+
+
+def test_a_timing_port_gets_notes_early_with_their_due_time_and_reports_them_itself():
+    """With `send_at` (the frame-timed JACK output), scheduled notes are handed over `lead` early with
+    their due time; thru still goes at once; on_sent is the port's to call once it wrote them."""
+    clock = ManualClock(0.0)
+    timed: list[tuple[tuple, float, bool]] = []
+    now: list[tuple] = []
+    reported: list = []
+    sched = Scheduler(lambda m: now.append(compact([m])[0]), clock, on_sent=lambda *a: reported.append(a),
+                      send_at=lambda m, due, report: timed.append((compact([m])[0], due, report)), lead=0.02)
+    sched.schedule(1.0, on(60))
+    sched.schedule(1.5, off(60))
+    clock.set(0.97)
+    assert sched.run_due() == 0
+    clock.set(0.981)
+    assert sched.run_due() == 1 and timed == [(compact([on(60)])[0], 1.0, True)]
+    assert sched.open_notes() == [(0, 60)]  # handed over counts as sent: a cancel closes it
+    sched.send_now(on(50))
+    assert now == compact([on(50)])
+    assert sched.cancel("answer") == 1 and now[-1] == compact([off(60)])[0]  # at once; the port keeps the order
+    # the handed-over note-on is the port's to report once written; what went out now is reported here
+    assert sched.pending() == 0 and [(m.type, m.note) for m, _, _ in reported] == [("note_off", 60)]
+    assert sched.lateness_stats().count == 0  # and measures it
