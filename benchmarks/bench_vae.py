@@ -49,6 +49,7 @@ from liveduet.model.vae import cut_phrases
 from liveduet.model.vae_export import load_vae, update_vae_card
 from liveduet.music import listening
 from liveduet.music.dataset import load_dataset
+from liveduet.music.listening import edit_similarity
 from liveduet.music.tokens import BOS, EOS, TICKS, events_to_notes
 
 SIGMAS = (0.0, 0.25, 0.5, 1.0, 2.0)
@@ -67,19 +68,6 @@ def val_phrases(data, vae, limit: int) -> list[np.ndarray]:
 
 def notes_of(events) -> list:
     return [(on / TICKS, off / TICKS, p, 80) for on, off, p in events_to_notes(events)]
-
-
-def edit_similarity(a: list[int], b: list[int]) -> float:
-    """1 − Levenshtein distance / the longer length."""
-    if not a and not b:
-        return 1.0
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i] + [0] * len(b)
-        for j, y in enumerate(b, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
-        prev = cur
-    return 1.0 - prev[-1] / max(len(a), len(b))
 
 
 def token_accuracy(ref: list[int], got: list[int]) -> float:

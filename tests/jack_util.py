@@ -117,21 +117,12 @@ def corpus_phrase(bpm: float = 120.0) -> list:
     return sorted(events, key=lambda e: (e[0], e[1].type == "note_on"))
 
 
-class Synth:
-    """A virtual input port standing for the user's synth: collects what arrives, with perf_counter times."""
+class Capture:
+    """What a test port received, as (time, message) pairs, and a wait for the first `n`."""
 
-    def __init__(self, backend, name: str) -> None:
+    def __init__(self) -> None:
         self.received: list = []  # (time, message)
         self.lock = threading.Lock()
-        self.port = backend.open_input(name, virtual=True, callback=self._on)
-
-    def _on(self, msg) -> None:
-        with self.lock:
-            self.received.append((time.perf_counter(), msg))
-
-    def messages(self, channel: int | None = None) -> list:
-        with self.lock:
-            return [m for _, m in self.received if channel is None or getattr(m, "channel", None) == channel]
 
     def wait_for(self, n: int, timeout: float = 5.0) -> list:
         """(time, message) pairs once at least `n` arrived, or what arrived by `timeout`."""
@@ -145,7 +136,24 @@ class Synth:
             return list(self.received)
 
 
-class FrameSynth:
+class Synth(Capture):
+    """A virtual input port standing for the user's synth: collects what arrives, with perf_counter times."""
+
+    def __init__(self, backend, name: str) -> None:
+        super().__init__()
+        self.port = backend.open_input(name, virtual=True, callback=self._on)
+
+    def _on(self, msg) -> None:
+        with self.lock:
+            self.received.append((time.perf_counter(), msg))
+
+    def messages(self, channel: int | None = None) -> list:
+        with self.lock:
+            return [m for _, m in self.received if channel is None or getattr(m, "channel", None) == channel]
+
+
+
+class FrameSynth(Capture):
     """A JACK MIDI input standing for a sample-accurate synth: each message with the time of the
     frame it was written at (JACK's cycle start + its offset), in perf_counter seconds — where a synth
     that renders at frame offsets plays it. rtmidi's input (`Synth`) stamps on arrival instead, which
@@ -165,9 +173,8 @@ class FrameSynth:
         lib.jack_midi_get_event_count.argtypes = [ctypes.c_void_p]
         lib.jack_midi_event_get.restype = ctypes.c_int
         lib.jack_midi_event_get.argtypes = [ctypes.POINTER(Event), ctypes.c_void_p, ctypes.c_uint32]
+        super().__init__()  # received: (frame time in perf_counter seconds, message)
         self._lib, self._ctypes, self._event = lib, ctypes, Event
-        self.received: list = []  # (frame time in perf_counter seconds, message)
-        self.lock = threading.Lock()
         status = ctypes.c_int(0)
         self._client = lib.jack_client_open(name.encode(), jackout.NO_START_SERVER | jackout.USE_EXACT_NAME,
                                             ctypes.byref(status))
@@ -196,16 +203,6 @@ class FrameSynth:
                 with self.lock:
                     self.received.append((t, mido.Message.from_bytes(data)))
         return 0
-
-    def wait_for(self, n: int, timeout: float = 5.0) -> list:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if len(self.received) >= n:
-                    return list(self.received)
-            time.sleep(0.01)
-        with self.lock:
-            return list(self.received)
 
     def close(self) -> None:
         self._lib.jack_deactivate(self._client)
