@@ -150,10 +150,11 @@ def live(args: argparse.Namespace) -> dict:
             cfg = tmp / f"k{k}.toml"
             cfg.write_text(f"[answer]\nmin_beats = 12.0\nmax_beats = 12.0\ncandidates = {k}\n")
             stats = tmp / f"stats{k}-{sender}.jsonl"
+            sender_args, sender_env = sender_choice(sender)
             daemon = start([sys.executable, "-m", "liveduet", "run", "--backend", "jack", "--virtual", "--in",
                             f"critic{k}-in", "--out", f"critic{k}-out", "--model", str(args.model), "--no-dashboard",
                             "--tempo", "120", "--config", str(cfg), "--stats", str(stats), "--seed", "1",
-                            *sender_choice(sender)[0]], env=sender_choice(sender)[1])
+                            *sender_args], env=sender_env)
             into, back = port_ending(f":critic{k}-in"), port_ending(f":critic{k}-out")
             time.sleep(3)
             keyboard = mido.Backend(JACK).open_output(f"critic{k}-keyboard", virtual=True)

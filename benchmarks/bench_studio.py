@@ -66,16 +66,17 @@ class Daemon:
                  extra: tuple[str, ...] = ()) -> None:
         cfg = tmp / "bench.toml"
         cfg.write_text("[answer]\nmin_beats = 12.0\nmax_beats = 12.0\n")
+        sender_args, sender_env = sender_choice(sender)
         cmd = [sys.executable, "-m", "liveduet", "run", "--backend", "jack", "--virtual", "--in", "liveduet-in",
                "--out", "liveduet-out", "--model", model, "--tempo", "120", "--config", str(cfg),
-               "--stats", str(stats), "--seed", "1", *sender_choice(sender)[0], *extra]
+               "--stats", str(stats), "--seed", "1", *sender_args, *extra]
         self.port = None
         if view in ("web", "both"):
             self.port = free_port()
             cmd += ["--web", str(self.port)]
         if view in ("none", "web"):
             cmd.append("--no-dashboard")
-        env = {**os.environ, "MIDO_BACKEND": JACK, **sender_choice(sender)[1]}
+        env = {**os.environ, "MIDO_BACKEND": JACK, **sender_env}
         if nice:
             cmd = ["nice", "-n", str(nice), *cmd]  # above the shared machine's other jobs (root may lower it)
         self.master = None

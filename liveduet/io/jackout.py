@@ -139,7 +139,6 @@ def build_callback() -> ctypes.CDLL:
     lib.lt_pending.restype, lib.lt_pending.argtypes = i, [vp]
     lib.lt_read_late.restype = i
     lib.lt_read_late.argtypes = [vp, ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_double), i]
-    lib.lt_overflows.restype, lib.lt_overflows.argtypes = ctypes.c_uint64, [vp]
     lib.lt_process.restype, lib.lt_process.argtypes = i, [ctypes.c_uint32, vp]
     _timed = lib
     return lib
@@ -201,6 +200,7 @@ class JackTimedOutput:
 
     def __init__(self, name: str, virtual: bool = False, on_written: OnWritten | None = None) -> None:
         lib, timed = _load(), build_callback()
+        self._c = timed
         self.name = name
         self._on_written = on_written
         self._inflight: dict[int, tuple[mido.Message, float, Any]] = {}  # seq -> what send_at was given
@@ -228,8 +228,9 @@ class JackTimedOutput:
             raise JackOutputError(f"cannot make a JACK MIDI output for {name!r}")
         if not virtual and lib.jack_connect(self._client, lib.jack_port_name(self._port), name.encode()):
             self._close_client()
+            timed.lt_free(self._state)
             raise JackOutputError(f"cannot connect to the JACK MIDI port {name!r}")
-        self._reader = threading.Thread(target=self._read_late, name="liveduet-jack-late", daemon=True)
+        self._reader = threading.Thread(target=self._poll_written, name="liveduet-jack-written", daemon=True)
         self._reader.start()
 
     def send(self, msg: mido.Message) -> None:
@@ -241,7 +242,7 @@ class JackTimedOutput:
         self._push(msg, due + raw_offset(), (due, token))
 
     def pending(self) -> int:
-        return 0 if self._closed else build_callback().lt_pending(self._state)
+        return 0 if self._closed else self._c.lt_pending(self._state)
 
     def close(self) -> None:
         """Let what was handed over go out (a note-off must follow its note-on), then close."""
@@ -254,7 +255,7 @@ class JackTimedOutput:
         self._close_client()
         self._reader.join(1.0)
         self._read_written()
-        build_callback().lt_free(self._state)
+        self._c.lt_free(self._state)
 
     def _push(self, msg: mido.Message, at: float, timed: tuple[float, Any] | None) -> None:
         if self._closed:
@@ -264,7 +265,7 @@ class JackTimedOutput:
             when, seq = self._order.place(data, at, now=timed is None)
             if timed is not None:
                 self._inflight[seq] = (msg, *timed)
-            if build_callback().lt_push(self._state, when, at, seq, data, len(data), int(timed is not None)):
+            if self._c.lt_push(self._state, when, at, seq, data, len(data), int(timed is not None)):
                 self._inflight.pop(seq, None)
                 raise JackOutputError("the JACK output's queue is full (4,096 messages handed over)")
 
@@ -273,14 +274,14 @@ class JackTimedOutput:
         lib.jack_deactivate(self._client)
         lib.jack_client_close(self._client)
 
-    def _read_late(self) -> None:
+    def _poll_written(self) -> None:
         while not self._closed:
             time.sleep(POLL_S)
             self._read_written()
 
     def _read_written(self) -> None:
         seqs, lates = (ctypes.c_uint64 * 256)(), (ctypes.c_double * 256)()
-        while (n := build_callback().lt_read_late(self._state, seqs, lates, 256)) > 0:
+        while (n := self._c.lt_read_late(self._state, seqs, lates, 256)) > 0:
             with self._lock:
                 done = [(self._inflight.pop(seq, None), late) for seq, late in zip(seqs[:n], lates[:n], strict=True)]
             if self._on_written is not None:

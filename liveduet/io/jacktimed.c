@@ -45,7 +45,6 @@ typedef struct {
     uint64_t late_seq[LATE];
     double late[LATE];
     uint32_t late_head, late_tail;
-    uint64_t overflows; /* messages refused: a full ring or heap */
 } lt_state;
 
 static int before(const ev_t *a, const ev_t *b) {
@@ -97,10 +96,7 @@ void lt_free(lt_state *s) { free(s); }
 /* One message for time `when` (seconds on JACK's clock); 0, or -1 when the ring is full. */
 int lt_push(lt_state *s, double when, double due, uint64_t seq, const uint8_t *data, int size, int measure) {
     uint32_t head = s->in_head, tail = __atomic_load_n(&s->in_tail, __ATOMIC_ACQUIRE);
-    if (head - tail >= RING || size < 1 || size > 3) {
-        s->overflows++;
-        return -1;
-    }
+    if (head - tail >= RING || size < 1 || size > 3) return -1;
     ev_t *e = &s->in[head & (RING - 1)];
     e->when = when;
     e->due = due;
@@ -130,8 +126,6 @@ int lt_read_late(lt_state *s, uint64_t *seqs, double *out, int max) {
     __atomic_store_n(&s->late_tail, tail, __ATOMIC_RELEASE);
     return n;
 }
-
-uint64_t lt_overflows(lt_state *s) { return s->overflows; }
 
 /* JACK's process callback: `arg` is the state. Never fails (a non-zero return stops the client). */
 int lt_process(uint32_t nframes, void *arg) {

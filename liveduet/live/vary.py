@@ -108,9 +108,14 @@ def slerp(a: Tensor, b: Tensor, t: float) -> Tensor:
     return torch.sin((1 - t) * omega) / so * a + torch.sin(t * omega) / so * b
 
 
+def beat_notes(events: list[Event]) -> list[tuple[float, float, int, int]]:
+    """Events as music/listening.py's notes (onset and end in beats, pitch, velocity)."""
+    return [(on / TICKS, off / TICKS, p, 80) for on, off, p in events_to_notes(events)]
+
+
 def key_pitch_classes(events: list[Event]) -> frozenset[int] | None:
     """The keep-key rule's pitch classes: the phrase's key scale and the classes it plays (None: no notes)."""
-    notes = [(on / TICKS, off / TICKS, p, 80) for on, off, p in events_to_notes(events)]
+    notes = beat_notes(events)
     if not notes:
         return None
     return key_scale(*find_key(notes)) | {n[2] % 12 for n in notes}
@@ -261,8 +266,7 @@ def morph_events(vae: VAEModel, a: list[Event], b: list[Event], steps: int, keep
 
 def in_key(events: list[Event], reference: list[Event]) -> float:
     """The share of `events`' notes in `reference`'s key (1 when either has no notes)."""
-    notes = [(on / TICKS, off / TICKS, p, 80) for on, off, p in events_to_notes(events)]
-    ref = [(on / TICKS, off / TICKS, p, 80) for on, off, p in events_to_notes(reference)]
+    notes, ref = beat_notes(events), beat_notes(reference)
     if not notes or not ref:
         return 1.0
     return in_key_share(notes, key_scale(*find_key(ref)))
