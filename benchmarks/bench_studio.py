@@ -2,7 +2,8 @@
 (--no-dashboard), the web page open (--web, a websocket client pulling every frame and sending a
 control now and then, as the page does), the Rich dashboard drawing on a terminal (a pty of 120x40),
 and both; `dashboard-thread` is the dashboard drawn on a thread of the daemon, as before
-ui/screen.py (LIVEDUET_DRAW=thread). Each view runs with each `--senders` choice of `run --sender`:
+ui/screen.py (LIVEDUET_DRAW=thread); `--modes call,vary` runs each in those practice modes too. Each
+view runs with each `--senders` choice of `run --sender`:
 `process` (the notes go out from the sender process, live/sender_child.py) and `thread` (from a
 thread of the daemon, as before), side by side in one run. Writes JSON.
 
@@ -145,9 +146,10 @@ class PageClient:
         self.thread.join(3)
 
 
-def run_view(view: str, sender: str, args: argparse.Namespace, tmp: Path) -> dict:
+def run_view(view: str, sender: str, args: argparse.Namespace, tmp: Path, mode: str = "") -> dict:
     stats = tmp / f"stats-{view}-{time.monotonic_ns()}.jsonl"
-    daemon = Daemon(view, args.model, tmp, stats, args.nice, sender, tuple(shlex.split(args.daemon_args)))
+    extra = tuple(shlex.split(args.daemon_args)) + (("--mode", mode) if mode else ())
+    daemon = Daemon(view, args.model, tmp, stats, args.nice, sender, extra)
     page = None
     try:
         into, back = port_ending(":liveduet-in"), port_ending(":liveduet-out")
@@ -203,6 +205,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4, help="answers per view and repeat")
     ap.add_argument("--daemon-args", default="",
                     help="more `liveduet run` options, e.g. \"--mode vary --variation 0.5\"")
+    ap.add_argument("--modes", default="",
+                    help="comma-separated `run --mode` values side by side (e.g. call,vary); labels gain /MODE")
     ap.add_argument("--repeats", type=int, default=2, help="times the whole order of views runs")
     ap.add_argument("--probes", type=int, default=200, help="thru probes per answer")
     ap.add_argument("--nice", type=int, default=0,
@@ -214,14 +218,17 @@ def main() -> None:
     server = None if jack_util.jack_running() else jack_util.start_jackd()
     tmp = Path(tempfile.mkdtemp(prefix="bench-studio-"))
     senders = [s for s in args.senders.split(",") if s]
-    runs: dict[str, list[dict]] = {f"{v}/{s}": [] for v in views for s in senders}
+    modes = [m for m in args.modes.split(",") if m] or [""]
+    label = {(v, s, m): f"{v}/{s}" + (f"/{m}" if m else "") for v in views for s in senders for m in modes}
+    runs: dict[str, list[dict]] = {x: [] for x in label.values()}
     try:
         floors = []
         for _ in range(args.repeats):
             floors.append(bench_live.floor(20.0))
             for view in views:
                 for sender in senders:
-                    runs[f"{view}/{sender}"].append(run_view(view, sender, args, tmp))
+                    for mode in modes:
+                        runs[label[view, sender, mode]].append(run_view(view, sender, args, tmp, mode))
     finally:
         if server is not None:
             jack_util.stop_jackd(server)
@@ -230,7 +237,7 @@ def main() -> None:
         "views": {v: {**summary(r), "page_frames": [x["page_frames"] for x in r]
                       if v.split("/")[0] in ("web", "both") else None}
                   for v, r in runs.items()},
-        "daemon_args": args.daemon_args,
+        "daemon_args": args.daemon_args, "modes": modes,
         "rounds": args.rounds, "repeats": args.repeats, "probes_per_answer": args.probes, "nice": args.nice,
         "target_late_ms_p99": 1.0, "load_average": os.getloadavg(), "machine_floor": floors,
         "runs": runs,

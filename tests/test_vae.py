@@ -12,16 +12,10 @@ import torch
 
 from liveduet.errors import ConfigError, LiveduetError, ModelLoadError
 from liveduet.model.export import export_run
+from liveduet.model.phrases import cut_phrases, duration_table, input_positions, pack_phrases
 from liveduet.model.runtime import ModelRuntime
 from liveduet.model.train import TrainRequest, train
-from liveduet.model.vae import (
-    PhraseVAE,
-    VAEConfig,
-    cut_phrases,
-    duration_table,
-    input_positions,
-    pack_phrases,
-)
+from liveduet.model.vae import PhraseVAE, VAEConfig, beat_spans
 from liveduet.model.vae_eval import reconstruction_metrics
 from liveduet.model.vae_export import FORMAT, best_row, check_not_collapsed, check_parity, load_vae, script_vae
 from liveduet.music.dataset import write_dataset
@@ -93,9 +87,11 @@ def test_a_window_needs_an_onset_on_its_bar_line():
     assert len(phrases) == 1, "the window on beat 4 has no onset there and is skipped; beat 8 runs out"
 
 
-def test_training_through_the_one_loop_then_export_and_load(tmp_path: Path):
+@pytest.mark.parametrize("latent", ["phrase", "beats"])
+def test_training_through_the_one_loop_then_export_and_load(tmp_path: Path, latent: str):
     data = make_data(tmp_path / "data")
-    (tmp_path / "vae.toml").write_text(TINY)
+    z_dim = 8 if latent == "phrase" else 16
+    (tmp_path / "vae.toml").write_text(TINY.replace("z_dim = 8", f'z_dim = {z_dim}\nposition_embed = 8\nlatent = "{latent}"'))
     torch.set_num_threads(1)
     summary = train(TrainRequest(data=data, out=tmp_path / "run", config=tmp_path / "vae.toml", quiet=True))
     assert summary["val_key"] == "val_select" and summary["global_step"] > 0
@@ -109,7 +105,7 @@ def test_training_through_the_one_loop_then_export_and_load(tmp_path: Path):
     assert card["family"] == "vae" and card["export_parity_max_abs"] < 1e-5
     vae = load_vae(tmp_path / "vary")
     mu, logvar = vae.encode(VOCAB.encode(tune(3)[:8]))
-    assert mu.shape == logvar.shape == (1, 8)
+    assert mu.shape == logvar.shape == (1, z_dim)
     assert "phrase VAE" in (tmp_path / "vary" / "card.md").read_text()
     # The language model's loader refuses the VAE folder, in one line.
     with pytest.raises(ModelLoadError, match="is a VAE \\(family vae\\), not"):
@@ -130,13 +126,41 @@ def test_a_damaged_vae_file_is_refused(tmp_path: Path):
         load_vae(vae_dir)
 
 
-@pytest.mark.parametrize("position_embed", [0, 8])
-def test_export_parity_of_the_scripted_step(position_embed: int):
+@pytest.mark.parametrize(("position_embed", "latent"), [(0, "phrase"), (8, "phrase"), (8, "beats")])
+def test_export_parity_of_the_scripted_step(position_embed: int, latent: str):
     torch.manual_seed(0)
-    model = PhraseVAE(VAEConfig(vocab_size=len(VOCAB), embed=16, enc_hidden=16, dec_hidden=24, z_dim=8,
-                                position_embed=position_embed)).eval()
+    model = PhraseVAE(VAEConfig(vocab_size=len(VOCAB), embed=16, enc_hidden=16, dec_hidden=24, z_dim=16,
+                                position_embed=position_embed, latent=latent)).eval()
+    model.set_durations(duration_table(VOCAB))
     tokens = torch.tensor([VOCAB.encode(tune(1)[:12])])
     assert check_parity(model, script_vae(model), tokens, duration_table(VOCAB)) < 1e-5
+
+
+def test_beat_latents_read_the_encoder_around_their_beat():
+    events = [((60,), 6), ((62,), 18), ((), 12), ((64,), 12)]
+    tokens = torch.tensor([VOCAB.encode(events)])  # onsets 0 0 6 6 24 24 36 36
+    last, first = beat_spans(tokens, torch.tensor([8]), duration_table(VOCAB), 4, TICKS)
+    # beat 1 (12–24) has no onset: 62 sounds through it (its duration token, 3) and the rest (4) follows
+    assert last.tolist() == [[3, 3, 5, 7]] and first.tolist() == [[0, 4, 4, 6]]
+
+
+def test_beat_latents_encode_a_padded_batch_as_one_phrase():
+    torch.manual_seed(0)
+    model = PhraseVAE(VAEConfig(vocab_size=len(VOCAB), embed=16, enc_hidden=16, dec_hidden=24, z_dim=16,
+                                position_embed=8, latent="beats")).eval()
+    model.set_durations(duration_table(VOCAB))
+    short, long = VOCAB.encode(tune(1)[:6]), VOCAB.encode(tune(2)[:12])
+    rows = pack_phrases([np.array(short), np.array(long)], 30)
+    post = model.encode_packed(torch.from_numpy(rows.tokens.astype(np.int64)), torch.from_numpy(rows.lengths))
+    for k, toks in enumerate((short, long)):
+        mu, _ = model.encode_one(torch.tensor([toks]))
+        assert torch.allclose(post.mu[k], mu[0], atol=1e-6)
+    assert post.mu.shape == (2, 16)
+
+
+def test_beat_latents_need_a_z_per_beat():
+    with pytest.raises(ConfigError, match="latent"):
+        VAEConfig(vocab_size=len(VOCAB), z_dim=12, position_embed=8, latent="beats").validate()
 
 
 def test_decoder_positions_count_the_twelfths_read():

@@ -32,7 +32,8 @@ from liveduet.live.vary import (
     vary_events,
 )
 from liveduet.model.config import TrainConfig
-from liveduet.model.vae import PhraseVAE, VAEConfig, duration_table, pack_phrases
+from liveduet.model.phrases import duration_table, pack_phrases
+from liveduet.model.vae import PhraseVAE, VAEConfig
 from liveduet.model.vae_eval import reconstruction_metrics
 from liveduet.model.vae_export import VAEModel, export_vae, load_vae
 from liveduet.music.midifile import notes_to_midi, save_atomic

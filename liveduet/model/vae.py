@@ -1,19 +1,14 @@
 """The phrase VAE: a phrase's tokens → a latent z → the phrase again, varied.
 
-It reads top to bottom: config → phrase cutting → module → the training family. MusicVAE's recipe
+It reads top to bottom: config → module → the training family (phrases: model/phrases.py). MusicVAE's recipe
 at liveduet's scale: a bidirectional GRU encoder reads the phrase's tokens (liveduet-tokens/1, the
 language model's vocabulary) into μ and log σ² of a `z_dim` Gaussian; a one-layer GRU decoder
 whose state starts at tanh(W z) and which reads z (and, with `position_embed`, its place in the
 window) beside every input token writes the phrase back autoregressively. Against posterior
 collapse: KL warm-up (β ramps from 0), free bits (each latent dimension's KL counts at least
 `free_bits` nats) and word dropout on the decoder's inputs (it cannot copy the phrase from its own
-teacher-forced inputs alone). Greedy decoding and the validation figures: model/vae_eval.py.
-
-Phrases are cut on bar lines. The token stream has no bar token and no metre, so bars are counted
-as `bar_beats` (4) beats from the piece's first onset: a window starts on such a bar line where an
-event starts, holds the events that start within `window_beats`, and its last event is cut at the
-window's end. Windows whose piece ends early, that hold only rests, or that exceed `max_tokens`
-are skipped.
+teacher-forced inputs alone). With `latent = "beats"` z is one slice per beat of the window (see
+VAEConfig.latent). Greedy decoding and the validation figures: model/vae_eval.py.
 """
 
 from __future__ import annotations
@@ -31,8 +26,15 @@ from torch import Tensor
 from liveduet.errors import ConfigError
 from liveduet.model.config import TrainConfig
 from liveduet.model.family import Dist, Family
+from liveduet.model.phrases import (
+    batch_tensors,
+    cut_phrases,
+    duration_table,
+    input_positions,
+    pack_phrases,
+)
 from liveduet.music.dataset import Dataset
-from liveduet.music.tokens import BOS, EOS, PAD, TICKS, Vocabulary
+from liveduet.music.tokens import PAD, TICKS
 
 # `select` → the evaluate() figure that picks the best checkpoint (lower is better).
 SELECT = {"elbo": "val_elbo", "recon": "val_recon_nll", "greedy": "val_greedy_err"}
@@ -52,6 +54,11 @@ class VAEConfig:
     # token; 0 = none). A GRU decoding a whole phrase from one vector must otherwise count its way
     # through it; told where it is, it looks up that part of z (MusicVAE's conductor does this per bar).
     position_embed: int = 0
+    # "phrase": one z for the whole window. "beats": z is window_beats slices (z_dim / window_beats dims
+    # each), one per beat, read from the encoder around that beat; the decoder reads the slice of the
+    # beat it is in beside the whole z. A copy then is local (a few tokens from a slice) instead of a
+    # GRU unpacking 40 events from one vector; σ and slerp act on the whole z as before.
+    latent: str = "phrase"
     dropout: float = 0.1
     word_dropout: float = 0.25  # decoder inputs replaced by <pad> at this rate while training
     # The objective: loss = recon + β · Σ_d max(KL_d, free_bits), β ramping 0 → beta.
@@ -82,6 +89,11 @@ class VAEConfig:
             raise bad("head_dim", "must be 0..8192 (0 = dec_hidden)")
         if not 1 <= self.z_dim <= 1024:
             raise bad("z_dim", "must be 1..1024")
+        if self.latent not in ("phrase", "beats"):
+            raise bad("latent", 'must be "phrase" or "beats"')
+        if self.latent == "beats" and (self.z_dim % self.window_beats or not self.position_embed):
+            raise bad("latent", f"beats needs z_dim a multiple of window_beats ({self.window_beats}) "
+                                "and position_embed > 0")
         if not 0 <= self.position_embed <= 1024:
             raise bad("position_embed", "must be 0..1024 (0 = none)")
         for key in ("dropout", "word_dropout"):
@@ -109,83 +121,17 @@ class VAEConfig:
             raise bad("select", f"must be one of {', '.join(SELECT)}")
 
 
-# -- phrases ---------------------------------------------------------------------------------
-
-def phrase_events(piece: np.ndarray, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray]:
-    """A piece's tokens (<bos> p d p d ... <eos>) → its pitch tokens and durations in twelfths."""
-    body = piece[(piece != BOS) & (piece != EOS) & (piece != PAD)]
-    n = len(body) // 2
-    pitches = body[0 : 2 * n : 2].astype(np.int64)
-    durs = body[1 : 2 * n : 2].astype(np.int64) - vocab.dur_base + 1
-    return pitches, durs
-
-
-def cut_phrases(piece: np.ndarray, vocab: Vocabulary, cfg: VAEConfig) -> list[np.ndarray]:
-    """The piece's windows on bar lines (see the module docstring), each as phrase tokens."""
-    pitches, durs = phrase_events(piece, vocab)
-    if len(pitches) == 0:
-        return []
-    onsets = np.concatenate([[0], np.cumsum(durs)])  # [n + 1]: the last is the piece's end
-    end = int(onsets[-1])
-    width, hop = cfg.window_beats * TICKS, cfg.hop_beats * TICKS
-    out: list[np.ndarray] = []
-    for start in range(0, end - width + 1, hop):
-        i = int(np.searchsorted(onsets, start))
-        if i >= len(pitches) or onsets[i] != start:
-            continue  # no onset on this bar line (a note is held across it)
-        j = int(np.searchsorted(onsets, start + width))  # events i..j-1 start inside the window
-        p = pitches[i:j]
-        d = durs[i:j].copy()
-        d[-1] = start + width - onsets[j - 1]  # the last event is cut at the window's end
-        if 2 * len(p) > cfg.max_tokens or np.all(p == vocab.rest_id):
-            continue
-        toks = np.empty(2 * len(p), dtype=np.int64)
-        toks[0::2] = p
-        toks[1::2] = d + vocab.dur_base - 1
-        out.append(toks)
-    return out
-
-
-def phrase_beats(tokens: np.ndarray | list[int], vocab: Vocabulary) -> float:
-    """How long a phrase's tokens last, in beats."""
-    return sum(vocab.duration_of(int(t)) for t in tokens if vocab.duration_mask[int(t)]) / TICKS
-
-
-class PhraseSet(NamedTuple):
-    tokens: np.ndarray  # int16 [N, max_tokens]: phrase tokens, <pad> after the end
-    lengths: np.ndarray  # int64 [N]
-
-
-def pack_phrases(phrases: list[np.ndarray], max_tokens: int) -> PhraseSet:
-    arr = np.full((len(phrases), max_tokens), PAD, dtype=np.int16)
-    for k, p in enumerate(phrases):
-        arr[k, : len(p)] = p
-    return PhraseSet(arr, np.array([len(p) for p in phrases], dtype=np.int64))
-
-
-def duration_table(vocab: Vocabulary) -> Tensor:
-    """int64 [V]: each duration token's length in twelfths, 0 for every other token."""
-    table = np.zeros(len(vocab), dtype=np.int64)
-    table[vocab.duration_mask] = np.arange(1, int(vocab.duration_mask.sum()) + 1)
-    return torch.from_numpy(table)
-
-
-def input_positions(dec_in: Tensor, durations: Tensor, limit: int) -> Tensor:
-    """Decoder inputs [B, T] → twelfths elapsed once each input is read [B, T] (at most `limit`): where in
-    the window the token the decoder predicts next begins (or, after a pitch, the note it times)."""
-    return torch.cumsum(durations[dec_in], dim=1).clamp(max=limit)
-
-
-def batch_tensors(tokens: np.ndarray, lengths: np.ndarray) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Phrase rows → (encoder input [B, T], lengths [B], decoder input [B, T + 1], targets [B, T + 1]).
-    The decoder reads <bos> + phrase and predicts phrase + <eos>; <pad> targets are ignored."""
-    B, T = len(lengths), int(lengths.max())
-    enc = torch.from_numpy(tokens[:, :T].astype(np.int64))  # [B, T]
-    lens = torch.from_numpy(lengths.astype(np.int64))
-    dec_in = torch.cat([torch.full((B, 1), BOS, dtype=torch.long), enc], dim=1)  # [B, T + 1]
-    tgt = torch.cat([enc, torch.full((B, 1), PAD, dtype=torch.long)], dim=1)  # [B, T + 1]
-    tgt[torch.arange(B), lens] = EOS
-    return enc, lens, dec_in, tgt
+def beat_spans(tokens: Tensor, lengths: Tensor, durations: Tensor, beats: int, ticks: int) -> tuple[Tensor, Tensor]:
+    """Where each beat's latent slice reads the encoder: tokens [B, T] → (last, first) [B, beats], the index
+    of the beat's last token (the forward GRU there has heard everything up to the beat's end) and of its
+    first (the backward GRU there hears everything from its start). A beat with no onset (a held note, a
+    rest) reads the sounding event forward and the next event backward."""
+    dur = durations[tokens]  # [B, T]
+    onset = torch.cumsum(dur, dim=1) - dur  # twelfths before each token's event
+    valid = torch.arange(tokens.shape[1], device=tokens.device)[None, :] < lengths[:, None]
+    edges = torch.arange(beats + 1, device=tokens.device) * ticks  # [beats + 1]
+    before = ((onset[:, None, :] < edges[None, :, None]) & valid[:, None, :]).sum(2)  # [B, beats + 1]
+    return (before[:, 1:] - 1).clamp(min=0), torch.minimum(before[:, :-1], lengths[:, None] - 1)
 
 
 # -- the module ------------------------------------------------------------------------------
@@ -212,11 +158,18 @@ class PhraseVAE(nn.Module):
         self.config = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed)  # shared by encoder and decoder
         self.encoder = nn.GRU(cfg.embed, cfg.enc_hidden, batch_first=True, bidirectional=True)
-        self.to_posterior = nn.Linear(2 * cfg.enc_hidden, 2 * cfg.z_dim)
+        self.beats = cfg.window_beats if cfg.latent == "beats" else 0
+        per = cfg.z_dim // self.beats if self.beats else cfg.z_dim
+        self.to_posterior = nn.Linear(2 * cfg.enc_hidden, 2 * per)
+        # Each token's length in twelfths (durations only), to find the beats' tokens; set from the
+        # vocabulary by the family (set_durations) and saved with the weights.
+        self.register_buffer("dur_table", torch.zeros(cfg.vocab_size, dtype=torch.long), persistent=self.beats > 0)
         self.z_to_h = nn.Linear(cfg.z_dim, cfg.dec_hidden)
         self.window = cfg.window_beats * TICKS  # positions are clamped here
+        self.ticks = TICKS  # a module attribute: TorchScript cannot read the global
         self.pos_embed = nn.Embedding(self.window + 1, cfg.position_embed) if cfg.position_embed else None
-        self.decoder = nn.GRU(cfg.embed + cfg.z_dim + cfg.position_embed, cfg.dec_hidden, batch_first=True)
+        width_in = cfg.embed + cfg.z_dim + cfg.position_embed + (per if self.beats else 0)
+        self.decoder = nn.GRU(width_in, cfg.dec_hidden, batch_first=True)
         self.drop = nn.Dropout(cfg.dropout)
         width = cfg.head_dim or cfg.dec_hidden
         self.proj = nn.Linear(cfg.dec_hidden, width, bias=False) if width != cfg.dec_hidden else None
@@ -225,20 +178,41 @@ class PhraseVAE(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def set_durations(self, table: Tensor) -> None:
+        """The vocabulary's duration table (vae.duration_table): where each token's beat is."""
+        self.dur_table.copy_(table)
+
     def encode_packed(self, tokens: Tensor, lengths: Tensor) -> Posterior:
         """tokens [B, T] (padded), lengths [B] → the posterior's μ, log σ² [B, Z] each."""
         x = self.drop(self.embed(tokens))  # [B, T, E]
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        _, h = self.encoder(packed)  # h: [2, B, He]: forward's last step, backward's first
-        mu, logvar = self.to_posterior(torch.cat([h[0], h[1]], dim=1)).chunk(2, dim=1)  # [B, Z] each
-        return Posterior(mu, logvar)
+        out, h = self.encoder(packed)  # h: [2, B, He]: forward's last step, backward's first
+        if self.beats == 0:
+            return self._posterior(torch.cat([h[0], h[1]], dim=1))
+        y, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=tokens.shape[1])
+        return self._posterior(self._beat_features(y, tokens, lengths))
 
     def encode_one(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """tokens [1, T] unpadded → μ, log σ² [1, Z] (the scriptable path the daemon uses)."""
-        x = self.embed(tokens)  # [1, T, E]
-        _, h = self.encoder(x)  # [2, 1, He]
-        mu, logvar = self.to_posterior(torch.cat([h[0], h[1]], dim=1)).chunk(2, dim=1)
-        return mu, logvar
+        y, h = self.encoder(self.embed(tokens))  # y: [1, T, 2 He], h: [2, 1, He]
+        if self.beats == 0:
+            post = self._posterior(torch.cat([h[0], h[1]], dim=1))
+        else:
+            post = self._posterior(self._beat_features(y, tokens, torch.tensor([tokens.shape[1]])))
+        return post.mu, post.logvar
+
+    def _beat_features(self, y: Tensor, tokens: Tensor, lengths: Tensor) -> Tensor:
+        """Encoder outputs y [B, T, 2 He] → one vector per beat [B, beats, 2 He] (see beat_spans)."""
+        he = y.shape[2] // 2
+        last, first = beat_spans(tokens, lengths.to(tokens.device), self.dur_table, self.beats, self.ticks)
+        fwd = y[:, :, :he].gather(1, last[:, :, None].expand(-1, -1, he))
+        bwd = y[:, :, he:].gather(1, first[:, :, None].expand(-1, -1, he))
+        return torch.cat([fwd, bwd], dim=2)
+
+    def _posterior(self, features: Tensor) -> Posterior:
+        """[B, 2 He] or [B, beats, 2 He] → μ, log σ² [B, Z] each (beats' slices in order)."""
+        mu, logvar = self.to_posterior(features).chunk(2, dim=-1)
+        return Posterior(mu.reshape(mu.shape[0], -1), logvar.reshape(logvar.shape[0], -1))
 
     def initial_h(self, z: Tensor) -> Tensor:
         """z [B, Z] → the decoder's first state [1, B, H]."""
@@ -252,6 +226,10 @@ class PhraseVAE(nn.Module):
         parts = [x, zs]
         if self.pos_embed is not None:
             parts.append(self.pos_embed(pos.clamp(0, self.window)))  # [B, T, P]
+        if self.beats > 0:  # the slice of the beat the next token starts in
+            beat = torch.div(pos, self.ticks, rounding_mode="floor").clamp(0, self.beats - 1)  # [B, T]
+            slices = z.reshape(z.shape[0], self.beats, -1)  # [B, beats, Z / beats]
+            parts.append(slices.gather(1, beat[:, :, None].expand(-1, -1, slices.shape[2])))
         y, h = self.decoder(torch.cat(parts, dim=2), h)  # y: [B, T, H]
         if self.proj is not None:
             y = self.proj(y)  # [B, T, D]
@@ -304,10 +282,12 @@ class VAEFamily(Family):
         if len(self.train_set.lengths) == 0:
             raise ConfigError(f"no {cfg.window_beats}-beat training phrases in the data")
         torch.manual_seed(seed)
-        self.modules = {"model": PhraseVAE(cfg).to(device)}
+        self.durations = duration_table(self.vocab).to(device)
+        model = PhraseVAE(cfg).to(device)
+        model.set_durations(self.durations)
+        self.modules = {"model": model}
         self.pitch_mask = torch.from_numpy(self.vocab.pitch_mask).to(device)
         self.dur_mask = torch.from_numpy(self.vocab.duration_mask).to(device)
-        self.durations = duration_table(self.vocab).to(device)
         self._order: tuple[int, np.ndarray] | None = None
 
     def _cut(self, which: str, transpose: int | None = None) -> list[np.ndarray]:

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from liveduet.model.vae import PhraseSet, PhraseVAE, batch_tensors, input_positions, kl_per_dim
+from liveduet.model.phrases import PhraseSet, batch_tensors, input_positions
+from liveduet.model.vae import PhraseVAE, kl_per_dim
 from liveduet.music.tokens import BOS, EOS, PAD
 
 

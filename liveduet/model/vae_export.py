@@ -31,7 +31,8 @@ from liveduet.errors import LiveduetError, ModelLoadError
 from liveduet.model.card import sha256_of, update_card
 from liveduet.model.export import finish_export, read_run_json, run_card_fields, stage_export
 from liveduet.model.family import check_family
-from liveduet.model.vae import PhraseVAE, VAEConfig, duration_table, input_positions
+from liveduet.model.phrases import duration_table, input_positions
+from liveduet.model.vae import PhraseVAE, VAEConfig
 from liveduet.music.tokens import BOS, TICKS, Vocabulary
 
 FORMAT = "liveduet-vae/2"  # /2: the decoder's step reads its place in the window (pos)
@@ -264,8 +265,12 @@ def render_vae_card(card: dict) -> str:
         f"# liveduet model card: {card['name']} (phrase VAE)", "",
         f"A phrase VAE over liveduet-tokens/1 ({card['vocab_size']} tokens, the language model's vocabulary): "
         f"a bidirectional GRU encoder ({m['enc_hidden']} units a direction, embedding {m['embed']}) → z of "
-        f"{m['z_dim']} dimensions (μ, log σ²) → a one-layer GRU decoder of {m['dec_hidden']} units whose state "
+        f"{m['z_dim']} dimensions (μ, log σ²)"
+        + (f", one slice of {m['z_dim'] // m['window_beats']} per beat read from the encoder at that beat's "
+           "first and last tokens" if m.get("latent") == "beats" else "")
+        + f" → a one-layer GRU decoder of {m['dec_hidden']} units whose state "
         f"starts at tanh(W z) and which reads z at every step"
+        + (" beside the slice of the beat it is in" if m.get("latent") == "beats" else "")
         + (f", with a {m['position_embed']}-wide embedding of its place in the window (twelfths elapsed)"
            if m.get("position_embed") else "")
         + f". Phrases are {m['window_beats']}-beat windows "
@@ -351,7 +356,15 @@ def render_evaluation(ev: dict) -> list[str]:
                   f"Encode + first beat of the answer: p50 {_f(live.get('plan_ms_p50'))} ms, p99 "
                   f"{_f(live.get('plan_ms_p99'))} ms; answer lateness p99 {_f(live.get('late_ms_p99'))} ms "
                   f"over {_f(live.get('calls'), '')} calls in real time ({_f(live.get('bpm'), 'g')} bpm)."
-                  + (f" ({ev['live_note']}.)" if ev.get("live_note") else ""), ""]
+                  + (f" ({ev['live_note']}.)" if ev.get("live_note") else "")
+                  + " (That lateness is the in-process scheduler's to a fake port; the product's is below.)", ""]
+    jack = ev.get("lateness_on_jack")
+    if jack:
+        rows = [f"{mode} mode p99 {_f(jack[mode].get('p99_ms'))} ms, max {_f(jack[mode].get('max_ms'))} ms over "
+                f"{jack[mode].get('messages')} messages" for mode in ("vary", "call") if jack.get(mode)]
+        lines += ["## Answer lateness through `liveduet run` on JACK", "",
+                  f"What the synth port receives (sender process, frame-timed output; `{jack.get('source')}`): "
+                  + "; ".join(rows) + ".", ""]
     targets, targets_alone = ev.get("targets"), ev.get("targets_model_alone")
     if targets and targets_alone:
         lines += ["## The issue's targets", "", "| target | met (keep-key rule, the default) | met (model alone) |",
