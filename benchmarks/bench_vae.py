@@ -13,7 +13,8 @@ and live/vary.py, the code `liveduet vary`, `liveduet morph` and vary mode run:
   phrase; active units; the language model's NLL on the same phrase tokens (after <bos>).
 - the variation curve: for σ in {0, 0.25, 0.5, 1, 2}, each phrase's variation against the phrase:
   token accuracy, edit similarity, pitch-class cosine, rhythm overlap, share of notes in the phrase's key.
-- morph: pairs of phrases, 5 steps: distance (1 − edit similarity) to A rises, to B falls; in-key share.
+- morph: pairs of phrases, 5 steps: distance (1 − edit similarity) to A rises, to B falls; in-key share;
+  also the decoder alone at the path's nominal points (`morph_nominal`).
   Both with the keep-key rule (live/vary.py, the product's default; the targets) and without it
   (the model alone: `variation_curve_model_alone`, `morph_model_alone`, `targets_model_alone`).
 - live: held-out calls played through the daemon's Session in vary mode (live/evaluate.py, simulated
@@ -138,7 +139,8 @@ def variation_curve(vae, phrases: list[np.ndarray], keep_key: bool = True) -> li
     return rows
 
 
-def morph(vae, phrases: list[np.ndarray], pairs: int, steps: int = 5, keep_key: bool = True) -> dict:
+def morph(vae, phrases: list[np.ndarray], pairs: int, steps: int = 5, keep_key: bool = True,
+          nominal: bool = False) -> dict:
     half = len(phrases) // 2
     mono_a = mono_b = 0
     in_key: list[float] = []
@@ -149,7 +151,7 @@ def morph(vae, phrases: list[np.ndarray], pairs: int, steps: int = 5, keep_key: 
     for i in range(min(pairs, half)):
         a, b = phrases[i], phrases[i + half]
         ea, eb = list(vae.vocab.decode(a)), list(vae.vocab.decode(b))
-        seq = morph_events(vae, ea, eb, steps, keep_key=keep_key)
+        seq = morph_events(vae, ea, eb, steps, keep_key=keep_key, nominal=nominal)
         da = [1 - edit_similarity(a.tolist(), vae.vocab.encode(s)) for s in seq]
         db = [1 - edit_similarity(b.tolist(), vae.vocab.encode(s)) for s in seq]
         curve_a.append(da)
@@ -301,6 +303,10 @@ def main() -> int:
         print(json.dumps(result["variation_curve" + suffix]), file=sys.stderr)
         result["morph" + suffix] = morph(vae, phrases, pairs=50, keep_key=keep_key)
         print(json.dumps(result["morph" + suffix]), file=sys.stderr)
+    # The decoder alone at the nominal points of the path (no choice among nearby points): what the
+    # monotone-path choice adds.
+    result["morph_nominal"] = morph(vae, phrases, pairs=50, nominal=True)
+    print(json.dumps(result["morph_nominal"]), file=sys.stderr)
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     live_data = load_dataset(args.live_data) if args.calls or args.realtime_calls else None
     if args.calls:
@@ -336,7 +342,8 @@ def main() -> int:
             "lm_same_phrases": {"nll": rec["lm_nll_nats_per_token"], "vae_elbo": rec["elbo_nats_per_token"]},
             "reconstruction_exported": rec, "variation_curve": result["variation_curve"], "morph": result["morph"],
             "variation_curve_model_alone": result["variation_curve_model_alone"],
-            "morph_model_alone": result["morph_model_alone"], "live": result.get("live"),
+            "morph_model_alone": result["morph_model_alone"], "morph_nominal": result["morph_nominal"],
+            "live": result.get("live"),
             "live_note": result.get("live_note"), "live_simulated": result.get("live_simulated"),
             "lateness_on_jack": result["lateness_on_jack"],
             "targets": result["targets"], "targets_model_alone": result["targets_model_alone"]})

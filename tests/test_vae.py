@@ -91,7 +91,8 @@ def test_a_window_needs_an_onset_on_its_bar_line():
 def test_training_through_the_one_loop_then_export_and_load(tmp_path: Path, latent: str):
     data = make_data(tmp_path / "data")
     z_dim = 8 if latent == "phrase" else 16
-    (tmp_path / "vae.toml").write_text(TINY.replace("z_dim = 8", f'z_dim = {z_dim}\nposition_embed = 8\nlatent = "{latent}"'))
+    extra = f'z_dim = {z_dim}\nposition_embed = 8\nlatent = "{latent}"'
+    (tmp_path / "vae.toml").write_text(TINY.replace("z_dim = 8", extra))
     torch.set_num_threads(1)
     summary = train(TrainRequest(data=data, out=tmp_path / "run", config=tmp_path / "vae.toml", quiet=True))
     assert summary["val_key"] == "val_select" and summary["global_step"] > 0

@@ -341,6 +341,12 @@ def render_evaluation(ev: dict) -> list[str]:
                       f"{_f(morph.get('inner_steps_in_key_min'))}, A's and B's own lowest "
                       f"{_f(morph.get('a_b_themselves_in_key_min'))}. Mean distance (1 − token edit similarity) to A "
                       f"by step: {morph.get('mean_distance_to_a')}; to B: {morph.get('mean_distance_to_b')}.", ""]
+    nominal = ev.get("morph_nominal")
+    if nominal:
+        lines += [f"The decoder alone at the path's nominal points (no choice among nearby points; keep-key rule): "
+                  f"monotone to A in {_f(nominal.get('monotone_a'))} of pairs, to B in "
+                  f"{_f(nominal.get('monotone_b'))}; inner steps' lowest in-key share "
+                  f"{_f(nominal.get('inner_steps_in_key_min'))}.", ""]
     sim = ev.get("live_simulated")
     if sim and sim.get("answer_vs_call"):
         m = sim["answer_vs_call"]
