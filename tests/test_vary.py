@@ -28,6 +28,7 @@ from liveduet.live.vary import (
     monotone_path,
     morph_events,
     slerp,
+    sounding_runs,
     split_windows,
     vary_events,
 )
@@ -95,6 +96,31 @@ def test_split_windows_strikes_a_held_note_again_after_the_cut():
     struck_again = [((60,), 96), ((60,), 12)]  # a new note on the cut, not a held one
     assert split_windows(struck_again, 96, min_tail=48) == [struck_again]
     assert split_windows([], 96) == []
+
+
+def test_a_pause_of_a_bar_or_more_splits_the_phrase():
+    call, answer, gap = [((60,), 24), ((62,), 24)], [((64,), 12)], [((), 48), ((), 24)]
+    assert sounding_runs(call + gap + answer, 48) == [(call, True), (gap, False), (answer, True)]
+    short = [((), 36)]  # under a bar: part of the phrase, as in the VAE's training windows
+    assert sounding_runs(call + short + answer + short, 48) == [(call + short + answer + short, True)]
+    lead = [((), 6)]
+    assert sounding_runs(lead + call + gap, 48) == [(lead, False), (call, True), (gap, False)]
+    assert sounding_runs(gap, 48) == [(gap, False)] and sounding_runs([], 48) == []
+
+
+def test_a_variation_plays_the_pauses_as_they_are(vae: VAEModel):
+    gap = [((), 48), ((), 48)]
+    events = phrase(4) + gap + phrase(3)
+    for sigma in (0.0, 1.5):
+        varied = vary_events(vae, events, sigma, seed=1)
+        assert length(varied) == length(events)
+        start = length(phrase(4))
+        at, out = 0, []
+        for pitches, dur in varied:  # what sounds between the two stretches
+            if start <= at < start + 96:
+                out.append((pitches, dur))
+            at += dur
+        assert out == gap
 
 
 def test_fill_window_repeats_a_short_phrase_and_cuts_it():

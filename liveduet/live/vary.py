@@ -4,6 +4,11 @@ A teacher's "play my phrase back to me, varied": the phrase is encoded to its po
 moved to z' = μ + σ·ε (ε ~ N(0, I); σ = 0 decodes the phrase itself as the VAE hears it), and
 decoded greedily under the token grammar. The variety comes from z', not from sampling tokens.
 
+Pauses. A rest of a bar or more (and any rest before the first note) is the player's pause, not part
+of a phrase: it is kept as played, and the stretches between pauses are varied each by itself
+(`sounding_runs`). The VAE learnt phrases that start on a note and seldom rest a whole bar; a window
+that is mostly silence decodes to notes it never heard (a file of call, pause, response, pause).
+
 Windows. The VAE was trained on `window_beats`-beat phrases (model/vae.py). A longer phrase is
 varied window by window: it is cut every `window_beats` beats from its first onset, a note held
 across a cut is struck again at the start of the next window, and a last piece shorter than a bar
@@ -81,6 +86,37 @@ def split_windows(events: list[Event], width: int, min_tail: int = 0) -> list[li
     return [w for w in windows if w]
 
 
+def sounding_runs(events: list[Event], min_rest: int) -> list[tuple[list[Event], bool]]:
+    """Events → stretches in order, (events, True) that sound and (rests, False): a rest is its own
+    stretch when it lasts `min_rest` twelfths or more, or comes before the first note; shorter ones
+    stay inside the stretch they interrupt (or end)."""
+    runs: list[tuple[list[Event], bool]] = []
+    sounding: list[Event] = []
+    rest: list[Event] = []
+
+    def close_rest() -> None:
+        nonlocal sounding, rest
+        if rest and (not sounding or sum(d for _, d in rest) >= min_rest):
+            if sounding:
+                runs.append((sounding, True))
+            runs.append((rest, False))
+            sounding = []
+        else:
+            sounding += rest
+        rest = []
+
+    for event in events:
+        if event[0]:
+            close_rest()
+            sounding.append(event)
+        else:
+            rest.append(event)
+    close_rest()
+    if sounding:
+        runs.append((sounding, True))
+    return runs
+
+
 def fill_window(events: list[Event], width: int) -> list[Event]:
     """The padding rule: a phrase shorter than `width` twelfths, repeated until it fills it, cut there."""
     length = sum(d for _, d in events)
@@ -155,6 +191,16 @@ class PhraseDecoder:
         return self.vae.vocab.pitches_of(pitch), dur
 
 
+class Pause:
+    """A pause of the call, played back as it is (the same interface as PhraseDecoder)."""
+
+    def __init__(self, rests: list[Event]) -> None:
+        self.rests = list(rests)
+
+    def next_event(self) -> Event | None:
+        return self.rests.pop(0) if self.rests else None
+
+
 class Variation:
     """One varied phrase, streamed event by event (an answer's event source in vary mode).
 
@@ -170,8 +216,11 @@ class Variation:
         self.pitch_classes = key_pitch_classes(events) if keep_key else None
         self.width = vae.cfg.window_beats * TICKS
         self.gen = torch.Generator().manual_seed(seed)
-        self.plans = [self._plan(w) for w in split_windows(events, self.width, vae.cfg.bar_beats * TICKS)]
-        self.decoder: PhraseDecoder | None = self._start_window()
+        bar = vae.cfg.bar_beats * TICKS
+        self.plans: list[tuple[Tensor, int] | list[Event]] = []  # a window's (z', length), or a pause as played
+        for run, sounding in sounding_runs(events, bar):
+            self.plans += [self._plan(w) for w in split_windows(run, self.width, bar)] if sounding else [run]
+        self.decoder: PhraseDecoder | Pause | None = self._start_window()
         self.encode_ms = (time.perf_counter() - started) * 1e3
         self.first_beat_ms: float | None = None  # compute: encoding + decoding the first beat
         self.decoded = 0  # twelfths
@@ -182,12 +231,14 @@ class Variation:
         mu, _ = self.vae.encode(self.vae.vocab.encode(fill_window(window, self.width)))
         return mu + self.sigma * torch.randn(mu.shape, generator=self.gen), sum(d for _, d in window)
 
-    def _start_window(self) -> PhraseDecoder | None:
+    def _start_window(self) -> PhraseDecoder | Pause | None:
         """Start decoding the next window (None when none is left)."""
         if not self.plans:
             return None
-        z, length = self.plans.pop(0)
-        return PhraseDecoder(self.vae, z, length, self.pitch_classes)
+        plan = self.plans.pop(0)
+        if isinstance(plan, list):
+            return Pause(plan)
+        return PhraseDecoder(self.vae, plan[0], plan[1], self.pitch_classes)
 
     def sample_event(self) -> Event | None:
         """The next event of the variation, or None when it has its phrase's length."""
