@@ -75,9 +75,9 @@ class FakeJack:
         cur[0], nxt[0] = self.start, self.end
         return 0
 
-    def push(self, when: float, data: bytes, seq: int, due: float | None = None) -> None:
+    def push(self, when: float, data: bytes, seq: int, due: float | None = None, timed: bool = True) -> None:
         due = when if due is None else due
-        assert self.lib.lt_push(self.state, when, due, seq, data, len(data), 1) == 0
+        assert self.lib.lt_push(self.state, when, due, seq, data, len(data), int(timed)) == 0
 
     def cycle(self, start_s: float, nframes: int = 128, period_s: float = 128 / 48000) -> list[tuple[int, bytes]]:
         self.start, self.end = round(start_s * 1e6), round((start_s + period_s) * 1e6)
@@ -143,3 +143,22 @@ def test_at_most_64_events_a_cycle(jack):
         jack.push(10.0, bytes([0x90, i, 1]), i)
     assert len(jack.cycle(10.0)) == 64
     assert len(jack.cycle(10.0 + 128 / 48000)) == 36
+
+
+def test_a_retract_drops_the_timed_note_ons_not_yet_written(jack):
+    period = 128 / 48000
+    jack.push(10.0, bytes([0x90, 60, 90]), 0)  # written in the first cycle, before the retract
+    assert len(jack.cycle(10.0)) == 1
+    jack.push(10.0 + 2 * period, bytes([0x90, 61, 90]), 1)  # handed over early: dropped
+    jack.push(10.0 + 3 * period, bytes([0x80, 60, 0]), 2)  # a note-off: kept (60 sounds)
+    jack.push(10.0 + 3 * period, bytes([0x90, 62, 0]), 3)  # velocity 0 is a note-off: kept
+    jack.push(10.0 + 2 * period, bytes([0xB0, 64, 0]), 4)  # a controller: kept
+    jack.push(10.0 + period, bytes([0x90, 50, 90]), 5, timed=False)  # thru, sent now: never retracted
+    assert jack.lib.lt_retract(jack.state) == 0
+    jack.push(10.0 + 2 * period, bytes([0x90, 63, 90]), 6)  # handed over after the retract: kept
+    got = [d for _, d in jack.cycle(10.0 + period) + jack.cycle(10.0 + 2 * period) + jack.cycle(10.0 + 3 * period)]
+    assert [d[1] for d in got] == [50, 64, 63, 60, 62]
+    assert jack.lib.lt_retracted(jack.state) == 1
+    lates = jack.late()
+    assert dict(zip(jack.late_seqs, lates))[1] == -1.0  # reported as retracted, so Python forgets it
+    assert jack.lib.lt_pending(jack.state) == 0

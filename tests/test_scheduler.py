@@ -391,3 +391,27 @@ def test_a_timing_port_gets_notes_early_with_their_due_time_and_reports_them_its
     # the handed-over note-on is the port's to report once written; what went out now is reported here
     assert sched.pending() == 0 and [(m.type, m.note) for m, _, _ in reported] == [("note_off", 60)]
     assert sched.lateness_stats().count == 0  # and measures it
+
+
+def test_a_timing_port_drops_what_it_holds_on_barge_in_and_panic():
+    """Cancel and panic ask the timing port to retract the note-ons it was handed and has not written,
+    before the note-offs go out: a cancelled answer starts nothing in its last `lead`."""
+    clock = ManualClock(0.0)
+    calls: list[str] = []
+    sched = Scheduler(lambda m: calls.append(f"now {m.type}"), clock,
+                      send_at=lambda m, due, report: calls.append(f"at {m.type}"), lead=0.02,
+                      retract=lambda: calls.append("retract"))
+    sched.schedule(1.0, on(60))
+    clock.set(0.99)
+    sched.run_due()
+    sched.cancel("answer")
+    assert calls == ["at note_on", "retract", "now note_off"]
+    calls.clear()
+    sched.schedule(2.0, on(62))
+    clock.set(1.99)
+    sched.run_due()
+    sched.panic()
+    assert calls[:3] == ["at note_on", "retract", "now note_off"]
+    plain = Scheduler(lambda m: None, clock, retract=lambda: calls.append("never"))  # no timing port
+    plain.cancel("answer")
+    assert "never" not in calls

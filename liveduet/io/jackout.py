@@ -13,7 +13,9 @@ on the graph's clock, and each written note is reported with it (`on_written`). 
 Order (`Order`): no message goes out before one handed over earlier for the same key —
 (channel, note), (channel, controller) or (channel, kind). A barge-in's note-off sent now follows a
 note-on handed over for 3 ms later, so the Scheduler's invariant (one note-off per note-on) holds
-on the wire; `close` waits for the queue to drain.
+on the wire; `close` waits for the queue to drain. `retract` (barge-in, panic) drops the note-ons
+handed over and not yet written, so a cancelled answer plays nothing of its next `LEAD_S`; their
+note-offs still go out (a note-off for a silent note is harmless, a missing one is a stuck note).
 
 The process callback is C (`jacktimed.c`): JACK's realtime thread must never wait for Python's
 GIL (a Python callback doubled the server's xruns here and lost MIDI with them). It is built with
@@ -42,8 +44,7 @@ import mido
 
 from liveduet.errors import LiveduetError
 
-LEAD_S = 0.02  # hand-over this early: stalls up to ~17 ms (20 ms − one 2.67 ms period) cost nothing;
-# a barge-in then lets at most 20 ms of handed-over note-ons sound, each closed at once (per-key order)
+LEAD_S = 0.02  # hand-over this early: stalls up to ~17 ms (20 ms − one 2.67 ms period) cost nothing
 MAX_EVENTS_PER_CYCLE = 64  # the rest wait a cycle: a full port buffer drops events silently
 DRAIN_S = 0.2  # `close` waits this long at most for handed-over messages to go out
 POLL_S = 0.005  # what was written is reported this often (the recording, the figures)
@@ -140,6 +141,8 @@ def build_callback() -> ctypes.CDLL:
     lib.lt_read_late.restype = i
     lib.lt_read_late.argtypes = [vp, ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_double), i]
     lib.lt_process.restype, lib.lt_process.argtypes = i, [ctypes.c_uint32, vp]
+    lib.lt_retract.restype, lib.lt_retract.argtypes = i, [vp]
+    lib.lt_retracted.restype, lib.lt_retracted.argtypes = ctypes.c_uint32, [vp]
     _timed = lib
     return lib
 
@@ -241,6 +244,17 @@ class JackTimedOutput:
         """At `due` (perf_counter seconds), to the frame; reported to `on_written` once written."""
         self._push(msg, due + raw_offset(), (due, token))
 
+    def retract(self) -> None:
+        """Drop the note-ons handed over to `send_at` and not yet written (they are never reported)."""
+        with self._lock:
+            if not self._closed and self._c.lt_retract(self._state):
+                raise JackOutputError("the JACK output's queue is full (4,096 messages handed over)")
+
+    @property
+    def retracted(self) -> int:
+        """Note-ons dropped by `retract` so far."""
+        return 0 if self._closed else int(self._c.lt_retracted(self._state))
+
     def pending(self) -> int:
         return 0 if self._closed else self._c.lt_pending(self._state)
 
@@ -286,7 +300,7 @@ class JackTimedOutput:
                 done = [(self._inflight.pop(seq, None), late) for seq, late in zip(seqs[:n], lates[:n], strict=True)]
             if self._on_written is not None:
                 for item, late in done:
-                    if item is not None:
+                    if item is not None and late >= 0:  # < 0: retracted, never written
                         msg, due, token = item
                         self._on_written(msg, due, due + late, token)
 

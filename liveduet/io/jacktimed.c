@@ -5,7 +5,8 @@
  * Python hands messages over through a single-producer ring (`lt_push`, under a Python lock); the
  * callback moves them into a heap by (time, sequence) and writes each one due before the end of
  * the cycle at its frame. What was written, with its lateness, comes back through a second ring
- * (`lt_read_late`).
+ * (`lt_read_late`). A retract (`lt_retract`, on barge-in and panic) drops every timed note-on handed
+ * over before it and not yet written: they are reported with lateness RETRACTED, never written.
  *
  * No JACK header and no linking: io/jackout.py passes the four libjack functions it needs as
  * pointers, so any C compiler builds this on its own (`cc -O2 -shared -fPIC`). Tests drive
@@ -24,6 +25,7 @@ typedef int (*cycle_times_fn)(void *client, uint32_t *frames, uint64_t *cur, uin
 #define RING 4096 /* a power of two */
 #define PENDING 8192
 #define LATE 8192
+#define RETRACTED (-1.0) /* the lateness reported for a retracted note-on */
 
 typedef struct {
     double when, due;
@@ -45,6 +47,7 @@ typedef struct {
     uint64_t late_seq[LATE];
     double late[LATE];
     uint32_t late_head, late_tail;
+    uint32_t retracted; /* note-ons dropped by retracts, in all */
 } lt_state;
 
 static int before(const ev_t *a, const ev_t *b) {
@@ -115,6 +118,45 @@ int lt_pending(lt_state *s) {
     return (int)(head - tail) + __atomic_load_n(&s->npend_seen, __ATOMIC_ACQUIRE);
 }
 
+/* Drop every timed note-on handed over before this call and not yet written (in order with lt_push:
+ * the callback meets it in the ring). 0, or -1 when the ring is full. */
+int lt_retract(lt_state *s) {
+    uint32_t head = s->in_head, tail = __atomic_load_n(&s->in_tail, __ATOMIC_ACQUIRE);
+    if (head - tail >= RING) return -1;
+    s->in[head & (RING - 1)].size = 0; /* size 0: the retract command */
+    __atomic_store_n(&s->in_head, head + 1, __ATOMIC_RELEASE);
+    return 0;
+}
+
+uint32_t lt_retracted(lt_state *s) { return __atomic_load_n(&s->retracted, __ATOMIC_ACQUIRE); }
+
+static void report(lt_state *s, uint64_t seq, double late) {
+    uint32_t lh = s->late_head;
+    if (lh - __atomic_load_n(&s->late_tail, __ATOMIC_ACQUIRE) < LATE) {
+        s->late_seq[lh & (LATE - 1)] = seq;
+        s->late[lh & (LATE - 1)] = late;
+        __atomic_store_n(&s->late_head, lh + 1, __ATOMIC_RELEASE);
+    }
+}
+
+static void retract(lt_state *s) {
+    int kept = 0;
+    for (int i = 0; i < s->npend; i++) {
+        ev_t *e = &s->pend[i];
+        if (e->measure && (e->data[0] & 0xF0) == 0x90 && e->size == 3 && e->data[2] > 0) {
+            report(s, e->seq, RETRACTED);
+            __atomic_store_n(&s->retracted, s->retracted + 1, __ATOMIC_RELEASE);
+        } else {
+            s->pend[kept++] = *e;
+        }
+    }
+    s->npend = 0;
+    for (int i = 0; i < kept; i++) {
+        ev_t e = s->pend[i]; /* in place: heap_push writes slot i and moves only slots below it */
+        heap_push(s, &e);
+    }
+}
+
 /* Up to `max` written measured messages: their sequence numbers and lateness (seconds); how many. */
 int lt_read_late(lt_state *s, uint64_t *seqs, double *out, int max) {
     uint32_t tail = s->late_tail, head = __atomic_load_n(&s->late_head, __ATOMIC_ACQUIRE);
@@ -133,7 +175,11 @@ int lt_process(uint32_t nframes, void *arg) {
     void *buf = s->get_buffer(s->port, nframes);
     s->clear(buf); /* every cycle: an uncleared buffer repeats its events */
     uint32_t head = __atomic_load_n(&s->in_head, __ATOMIC_ACQUIRE), tail = s->in_tail;
-    while (tail != head && s->npend < PENDING) heap_push(s, &s->in[tail++ & (RING - 1)]);
+    while (tail != head && s->npend < PENDING) {
+        ev_t *e = &s->in[tail++ & (RING - 1)];
+        if (e->size == 0) retract(s);
+        else heap_push(s, e);
+    }
     __atomic_store_n(&s->in_tail, tail, __ATOMIC_RELEASE);
     uint32_t frames;
     uint64_t cur, next;
@@ -153,12 +199,7 @@ int lt_process(uint32_t nframes, void *arg) {
             n++;
             if (e.measure) {
                 double late = start + off * span / nframes - e.due;
-                uint32_t lh = s->late_head;
-                if (lh - __atomic_load_n(&s->late_tail, __ATOMIC_ACQUIRE) < LATE) {
-                    s->late_seq[lh & (LATE - 1)] = e.seq;
-                    s->late[lh & (LATE - 1)] = late > 0 ? late : 0;
-                    __atomic_store_n(&s->late_head, lh + 1, __ATOMIC_RELEASE);
-                }
+                report(s, e.seq, late > 0 ? late : 0);
             }
         }
     }

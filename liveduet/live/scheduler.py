@@ -101,12 +101,16 @@ class Scheduler:
         spin: float = 0.0,
         send_at: Callable[[mido.Message, float, bool], None] | None = None,
         lead: float = 0.0,
+        retract: Callable[[], None] | None = None,
     ) -> None:
         self._send = send
         # A port that times messages itself (io/jackout.py) gets scheduled ones `lead` seconds early
         # with their due time and whether to report them; it measures and reports them once written.
         self._send_at = send_at
         self.lead = lead if send_at is not None else 0.0
+        # ...and drops the note-ons it holds and has not written when asked (barge-in, panic): a
+        # cancelled answer must not start notes in its last `lead`. The duet plays one answer at a time.
+        self._retract = retract if send_at is not None else None
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._on_sent = on_sent
         self._on_late = on_late  # each lateness sample (the sender process reports them to the daemon)
@@ -284,6 +288,8 @@ class Scheduler:
                 return 0
             self._heap = [e for e in self._heap if e[3] != tag]
             heapq.heapify(self._heap)
+            if self._retract is not None:
+                self._retract()
             keys = sorted(k for k, t in self._open.items() if t == tag)
             pedals = sorted(ch for ch, t in self._pedal.items() if t == tag)
             msgs = note_offs(keys) + [
@@ -305,6 +311,8 @@ class Scheduler:
             if self._closed:
                 return 0
             self._heap.clear()
+            if self._retract is not None:
+                self._retract()
             msgs = panic_messages(self._open, self._channels)
             emit = self._closer()
             self._open.clear()

@@ -145,6 +145,11 @@ def serve(backend_module: str, inp: BinaryIO, out: BinaryIO) -> None:
             if current[0] is not None:
                 current[0].send_at(msg, due, report)
 
+    def retract() -> None:
+        with lock:
+            if current[0] is not None:
+                current[0].retract()
+
     def written(msg: mido.Message, due: float, actual: float, report: bool) -> None:
         reports.late(actual - due)
         if report:
@@ -153,7 +158,7 @@ def serve(backend_module: str, inp: BinaryIO, out: BinaryIO) -> None:
     reports: Reports
     on_sent = lambda m, due, actual: reports.sent(m, due, actual)  # noqa: E731
     if timed:  # JACK writes each note at its frame: no spinning, lateness measured in the graph
-        sched = Scheduler(send, on_sent=on_sent, send_at=send_at, lead=jackout.LEAD_S)
+        sched = Scheduler(send, on_sent=on_sent, send_at=send_at, lead=jackout.LEAD_S, retract=retract)
     else:
         sched = Scheduler(send, on_sent=on_sent, on_late=lambda x: reports.late(x), spin=SPIN_S)
     reports = Reports(out, lambda: (sched.sent, sched.retriggers, sched.stray_note_offs, sched.errors))
