@@ -158,7 +158,10 @@ def serve(backend_module: str, inp: BinaryIO, out: BinaryIO) -> None:
     reports: Reports
     on_sent = lambda m, due, actual: reports.sent(m, due, actual)  # noqa: E731
     if timed:  # JACK writes each note at its frame: no spinning, lateness measured in the graph
-        sched = Scheduler(send, on_sent=on_sent, send_at=send_at, lead=jackout.LEAD_S, retract=retract)
+        # LIVEDUET_JACK_RETRACT=0 is a diagnostic (benchmarks/bench_bargein.py): a barge-in without the retract.
+        keep = os.environ.get("LIVEDUET_JACK_RETRACT", "1") == "0"
+        sched = Scheduler(send, on_sent=on_sent, send_at=send_at, lead=jackout.LEAD_S,
+                          retract=None if keep else retract)
     else:
         sched = Scheduler(send, on_sent=on_sent, on_late=lambda x: reports.late(x), spin=SPIN_S)
     reports = Reports(out, lambda: (sched.sent, sched.retriggers, sched.stray_note_offs, sched.errors))
