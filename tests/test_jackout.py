@@ -75,9 +75,10 @@ class FakeJack:
         cur[0], nxt[0] = self.start, self.end
         return 0
 
-    def push(self, when: float, data: bytes, seq: int, due: float | None = None, timed: bool = True) -> None:
+    def push(self, when: float, data: bytes, seq: int, due: float | None = None, timed: bool = True,
+             group: int = 1) -> None:
         due = when if due is None else due
-        assert self.lib.lt_push(self.state, when, due, seq, data, len(data), int(timed)) == 0
+        assert self.lib.lt_push(self.state, when, due, seq, data, len(data), int(timed), group) == 0
 
     def cycle(self, start_s: float, nframes: int = 128, period_s: float = 128 / 48000) -> list[tuple[int, bytes]]:
         self.start, self.end = round(start_s * 1e6), round((start_s + period_s) * 1e6)
@@ -153,12 +154,20 @@ def test_a_retract_drops_the_timed_note_ons_not_yet_written(jack):
     jack.push(10.0 + 3 * period, bytes([0x80, 60, 0]), 2)  # a note-off: kept (60 sounds)
     jack.push(10.0 + 3 * period, bytes([0x90, 62, 0]), 3)  # velocity 0 is a note-off: kept
     jack.push(10.0 + 2 * period, bytes([0xB0, 64, 0]), 4)  # a controller: kept
-    jack.push(10.0 + period, bytes([0x90, 50, 90]), 5, timed=False)  # thru, sent now: never retracted
-    assert jack.lib.lt_retract(jack.state) == 0
+    jack.push(10.0 + period, bytes([0x90, 50, 90]), 5, timed=False, group=0)  # thru, sent now: never retracted
+    jack.push(10.0 + 2 * period, bytes([0x99, 37, 90]), 7, group=2)  # another group's (a click): kept
+    assert jack.lib.lt_retract(jack.state, 1) == 0
     jack.push(10.0 + 2 * period, bytes([0x90, 63, 90]), 6)  # handed over after the retract: kept
     got = [d for _, d in jack.cycle(10.0 + period) + jack.cycle(10.0 + 2 * period) + jack.cycle(10.0 + 3 * period)]
-    assert [d[1] for d in got] == [50, 64, 63, 60, 62]
+    assert [d[1] for d in got] == [50, 64, 63, 37, 60, 62]
     assert jack.lib.lt_retracted(jack.state) == 1
     lates = jack.late()
     assert dict(zip(jack.late_seqs, lates))[1] == -1.0  # reported as retracted, so Python forgets it
     assert jack.lib.lt_pending(jack.state) == 0
+
+
+def test_a_retract_of_every_group(jack):
+    for seq, group in enumerate((1, 2, 0)):
+        jack.push(10.01, bytes([0x90, 60 + seq, 90]), seq, group=group)
+    assert jack.lib.lt_retract(jack.state, 0) == 0
+    assert jack.cycle(10.01) == [] and jack.lib.lt_retracted(jack.state) == 3

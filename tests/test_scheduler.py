@@ -377,7 +377,7 @@ def test_a_timing_port_gets_notes_early_with_their_due_time_and_reports_them_its
     now: list[tuple] = []
     reported: list = []
     sched = Scheduler(lambda m: now.append(compact([m])[0]), clock, on_sent=lambda *a: reported.append(a),
-                      send_at=lambda m, due, report: timed.append((compact([m])[0], due, report)), lead=0.02)
+                      send_at=lambda m, due, report, tag: timed.append((compact([m])[0], due, report)), lead=0.02)
     sched.schedule(1.0, on(60))
     sched.schedule(1.5, off(60))
     clock.set(0.97)
@@ -393,25 +393,47 @@ def test_a_timing_port_gets_notes_early_with_their_due_time_and_reports_them_its
     assert sched.lateness_stats().count == 0  # and measures it
 
 
-def test_a_timing_port_drops_what_it_holds_on_barge_in_and_panic():
-    """Cancel and panic ask the timing port to retract the note-ons it was handed and has not written,
-    before the note-offs go out: a cancelled answer starts nothing in its last `lead`."""
+def test_a_timing_port_drops_what_it_holds_on_barge_in_panic_and_stop():
+    """Cancel, panic and stop ask the timing port to retract the note-ons it was handed and has not
+    written (cancel: of its tag only), before the note-offs go out: a cancelled answer starts nothing
+    more, a metronome click of another tag still sounds."""
     clock = ManualClock(0.0)
     calls: list[str] = []
     sched = Scheduler(lambda m: calls.append(f"now {m.type}"), clock,
-                      send_at=lambda m, due, report: calls.append(f"at {m.type}"), lead=0.02,
-                      retract=lambda: calls.append("retract"))
+                      send_at=lambda m, due, report, tag: calls.append(f"at {m.type} {tag}"), lead=0.02,
+                      retract=lambda tag: calls.append(f"retract {tag}"))
+    sched.schedule(1.0, on(60), "answer-1")
+    clock.set(0.99)
+    sched.run_due()
+    sched.cancel("answer-1")
+    assert calls == ["at note_on answer-1", "retract answer-1", "now note_off"]
+    for end in (sched.panic, sched.stop):
+        calls.clear()
+        due = clock.now() + 1.0
+        sched.schedule(due, on(62))
+        clock.set(due - 0.01)
+        sched.run_due()
+        end()
+        assert calls[:3] == ["at note_on answer", "retract None", "now note_off"]
+
+
+def test_a_failing_retract_still_closes_the_notes():
+    clock = ManualClock(0.0)
+    sent: list[str] = []
+
+    def broken(tag: str | None) -> None:
+        raise RuntimeError("queue full")
+
+    sched = Scheduler(lambda m: sent.append(m.type), clock, send_at=lambda *a: None, lead=0.02, retract=broken)
     sched.schedule(1.0, on(60))
     clock.set(0.99)
     sched.run_due()
-    sched.cancel("answer")
-    assert calls == ["at note_on", "retract", "now note_off"]
-    calls.clear()
-    sched.schedule(2.0, on(62))
-    clock.set(1.99)
-    sched.run_due()
-    sched.panic()
-    assert calls[:3] == ["at note_on", "retract", "now note_off"]
-    plain = Scheduler(lambda m: None, clock, retract=lambda: calls.append("never"))  # no timing port
+    assert sched.cancel("answer") == 1 and sent == ["note_off"] and sched.errors == 1
+
+
+def test_without_a_timing_port_nothing_is_retracted():
+    calls: list = []
+    plain = Scheduler(lambda m: None, ManualClock(0.0), retract=calls.append)
     plain.cancel("answer")
-    assert "never" not in calls
+    plain.panic()
+    assert calls == []

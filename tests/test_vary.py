@@ -23,6 +23,7 @@ from liveduet.live.phrase import Action, Input, State, transition
 from liveduet.live.scheduler import Scheduler
 from liveduet.live.settings import LiveSettings
 from liveduet.live.vary import (
+    Variation,
     fill_window,
     key_pitch_classes,
     monotone_path,
@@ -44,14 +45,16 @@ VOCAB = Vocabulary(TokenizerSettings())
 SCALE = [60, 62, 64, 65, 67, 69, 71, 72]
 
 
-@pytest.fixture(scope="module")
-def vae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small untrained VAE, exported through the real export (its encoder made to use z)."""
+@pytest.fixture(scope="module", params=["phrase", "beats"])
+def vae_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    """A small untrained VAE, exported through the real export (its encoder made to use z); one z for
+    the phrase, or a slice of z per beat (VAEConfig.latent)."""
     root = tmp_path_factory.mktemp("vae")
     torch.manual_seed(0)
-    cfg = VAEConfig(vocab_size=len(VOCAB), embed=16, enc_hidden=16, dec_hidden=24, head_dim=0, z_dim=8,
-                    position_embed=8)
+    cfg = VAEConfig(vocab_size=len(VOCAB), embed=16, enc_hidden=16, dec_hidden=24, head_dim=0,
+                    z_dim=8 if request.param == "phrase" else 16, position_embed=8, latent=request.param)
     model = PhraseVAE(cfg).eval()
+    model.set_durations(duration_table(VOCAB))
     with torch.no_grad():
         model.to_posterior.weight.mul_(30)
     phrases = [np.array(VOCAB.encode([((SCALE[(k + i) % 8],), 6) for i in range(16)])) for k in range(8)]
@@ -145,6 +148,14 @@ def test_a_variation_lasts_exactly_as_long_as_its_phrase(vae: VAEModel, beats: i
         varied = vary_events(vae, events, sigma, seed=1)
         assert length(varied) == length(events) == beats * TICKS
         assert all(d > 0 for _, d in varied)
+
+
+def test_a_tail_past_the_window_is_its_own_window_with_a_slice_per_beat(vae: VAEModel):
+    """A 10-beat call: with one z per phrase the last 2 beats join the first window; with a slice per
+    beat they are a window of their own (there is no slice for beats 9 and 10)."""
+    variation = Variation(vae, phrase(10), 0.0, seed=0)
+    assert len(variation.plans) == (1 if vae.cfg.latent == "beats" else 0)  # after the first, started
+    assert length(variation.events()) == 10 * TICKS
 
 
 def test_variations_are_repeatable_and_sigma_zero_ignores_the_seed(vae: VAEModel):

@@ -13,9 +13,10 @@ on the graph's clock, and each written note is reported with it (`on_written`). 
 Order (`Order`): no message goes out before one handed over earlier for the same key —
 (channel, note), (channel, controller) or (channel, kind). A barge-in's note-off sent now follows a
 note-on handed over for 3 ms later, so the Scheduler's invariant (one note-off per note-on) holds
-on the wire; `close` waits for the queue to drain. `retract` (barge-in, panic) drops the note-ons
-handed over and not yet written, so a cancelled answer plays nothing of its next `LEAD_S`; their
-note-offs still go out (a note-off for a silent note is harmless, a missing one is a stuck note).
+on the wire; `close` waits for the queue to drain. `retract(group)` (barge-in: the answer's tag; panic
+and stop: all) drops the note-ons handed over for it and not yet written, so a cancelled answer starts
+nothing due after the next JACK cycle; their note-offs still go out (a note-off for a silent note is
+harmless, a missing one is a stuck note).
 
 The process callback is C (`jacktimed.c`): JACK's realtime thread must never wait for Python's
 GIL (a Python callback doubled the server's xruns here and lost MIDI with them). It is built with
@@ -36,6 +37,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ import mido
 from liveduet.errors import LiveduetError
 
 LEAD_S = 0.02  # hand-over this early: stalls up to ~17 ms (20 ms − one 2.67 ms period) cost nothing
+GROUPS = 1024  # retract groups (answers' tags) remembered: an older answer's notes are long written
 MAX_EVENTS_PER_CYCLE = 64  # the rest wait a cycle: a full port buffer drops events silently
 DRAIN_S = 0.2  # `close` waits this long at most for handed-over messages to go out
 POLL_S = 0.005  # what was written is reported this often (the recording, the figures)
@@ -136,12 +139,13 @@ def build_callback() -> ctypes.CDLL:
     lib.lt_new.restype, lib.lt_new.argtypes = vp, [vp, vp, vp, vp, vp, vp, i]
     lib.lt_free.restype, lib.lt_free.argtypes = None, [vp]
     lib.lt_push.restype = i
-    lib.lt_push.argtypes = [vp, ctypes.c_double, ctypes.c_double, ctypes.c_uint64, ctypes.c_char_p, i, i]
+    lib.lt_push.argtypes = [vp, ctypes.c_double, ctypes.c_double, ctypes.c_uint64, ctypes.c_char_p, i, i,
+                            ctypes.c_uint32]
     lib.lt_pending.restype, lib.lt_pending.argtypes = i, [vp]
     lib.lt_read_late.restype = i
     lib.lt_read_late.argtypes = [vp, ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_double), i]
     lib.lt_process.restype, lib.lt_process.argtypes = i, [ctypes.c_uint32, vp]
-    lib.lt_retract.restype, lib.lt_retract.argtypes = i, [vp]
+    lib.lt_retract.restype, lib.lt_retract.argtypes = i, [vp, ctypes.c_uint32]
     lib.lt_retracted.restype, lib.lt_retracted.argtypes = ctypes.c_uint32, [vp]
     _timed = lib
     return lib
@@ -209,6 +213,8 @@ class JackTimedOutput:
         self._inflight: dict[int, tuple[mido.Message, float, Any]] = {}  # seq -> what send_at was given
         self._lock = threading.Lock()  # one producer at a time for the C ring
         self._order = Order()
+        self._groups: OrderedDict[str, int] = OrderedDict()  # retract group -> its id in C (1, 2, ...)
+        self._group_ids = itertools.count(1)
         self._closed = False
         self._alive = True
         status = ctypes.c_int(0)
@@ -240,20 +246,20 @@ class JackTimedOutput:
         """Into the next cycle, after anything handed over earlier for the same key."""
         self._push(msg, time.clock_gettime(time.CLOCK_MONOTONIC_RAW), None)
 
-    def send_at(self, msg: mido.Message, due: float, token: Any = None) -> None:
-        """At `due` (perf_counter seconds), to the frame; reported to `on_written` once written."""
-        self._push(msg, due + raw_offset(), (due, token))
+    def send_at(self, msg: mido.Message, due: float, token: Any = None, group: str | None = None) -> None:
+        """At `due` (perf_counter seconds), to the frame; reported to `on_written` once written. `group`
+        (an answer's tag) is what `retract` names."""
+        self._push(msg, due + raw_offset(), (due, token), group)
 
-    def retract(self) -> None:
-        """Drop the note-ons handed over to `send_at` and not yet written (they are never reported)."""
+    def retract(self, group: str | None = None) -> None:
+        """Drop the note-ons handed over to `send_at` for `group` (None: for any) and not yet written;
+        they are never reported."""
         with self._lock:
-            if not self._closed and self._c.lt_retract(self._state):
+            gid = 0 if group is None else self._groups.get(group)
+            if gid is None or self._closed:
+                return  # nothing was handed over for it
+            if self._c.lt_retract(self._state, gid):
                 raise JackOutputError("the JACK output's queue is full (4,096 messages handed over)")
-
-    @property
-    def retracted(self) -> int:
-        """Note-ons dropped by `retract` so far."""
-        return 0 if self._closed else int(self._c.lt_retracted(self._state))
 
     def pending(self) -> int:
         return 0 if self._closed else self._c.lt_pending(self._state)
@@ -271,7 +277,17 @@ class JackTimedOutput:
         self._read_written()
         self._c.lt_free(self._state)
 
-    def _push(self, msg: mido.Message, at: float, timed: tuple[float, Any] | None) -> None:
+    def _group_id(self, group: str | None) -> int:
+        """The C id of a retract group (0: none); the oldest are forgotten past GROUPS. Call with the lock."""
+        if group is None:
+            return 0
+        gid = self._groups.pop(group, None) or next(self._group_ids)
+        self._groups[group] = gid
+        if len(self._groups) > GROUPS:
+            self._groups.popitem(last=False)
+        return gid
+
+    def _push(self, msg: mido.Message, at: float, timed: tuple[float, Any] | None, group: str | None = None) -> None:
         if self._closed:
             return  # as rtmidi after close, minus its segfault
         data = bytes(msg.bytes())
@@ -279,7 +295,8 @@ class JackTimedOutput:
             when, seq = self._order.place(data, at, now=timed is None)
             if timed is not None:
                 self._inflight[seq] = (msg, *timed)
-            if self._c.lt_push(self._state, when, at, seq, data, len(data), int(timed is not None)):
+            gid = self._group_id(group)
+            if self._c.lt_push(self._state, when, at, seq, data, len(data), int(timed is not None), gid):
                 self._inflight.pop(seq, None)
                 raise JackOutputError("the JACK output's queue is full (4,096 messages handed over)")
 

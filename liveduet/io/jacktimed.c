@@ -5,8 +5,9 @@
  * Python hands messages over through a single-producer ring (`lt_push`, under a Python lock); the
  * callback moves them into a heap by (time, sequence) and writes each one due before the end of
  * the cycle at its frame. What was written, with its lateness, comes back through a second ring
- * (`lt_read_late`). A retract (`lt_retract`, on barge-in and panic) drops every timed note-on handed
- * over before it and not yet written: they are reported with lateness RETRACTED, never written.
+ * (`lt_read_late`). A retract (`lt_retract`: barge-in, panic, stop) drops the timed note-ons of one
+ * group (an answer; 0: every group) handed over before it and not yet written: they are reported with
+ * lateness RETRACTED, never written. It takes effect in the next cycle the callback runs.
  *
  * No JACK header and no linking: io/jackout.py passes the four libjack functions it needs as
  * pointers, so any C compiler builds this on its own (`cc -O2 -shared -fPIC`). Tests drive
@@ -30,6 +31,7 @@ typedef int (*cycle_times_fn)(void *client, uint32_t *frames, uint64_t *cur, uin
 typedef struct {
     double when, due;
     uint64_t seq;
+    uint32_t group; /* the retract's unit (an answer); 0: none. A retract command's: 0 = every group */
     uint8_t size, measure, data[3];
 } ev_t;
 
@@ -97,7 +99,8 @@ lt_state *lt_new(void *client, void *port, void *get_buffer, void *clear, void *
 void lt_free(lt_state *s) { free(s); }
 
 /* One message for time `when` (seconds on JACK's clock); 0, or -1 when the ring is full. */
-int lt_push(lt_state *s, double when, double due, uint64_t seq, const uint8_t *data, int size, int measure) {
+int lt_push(lt_state *s, double when, double due, uint64_t seq, const uint8_t *data, int size, int measure,
+            uint32_t group) {
     uint32_t head = s->in_head, tail = __atomic_load_n(&s->in_tail, __ATOMIC_ACQUIRE);
     if (head - tail >= RING || size < 1 || size > 3) return -1;
     ev_t *e = &s->in[head & (RING - 1)];
@@ -106,6 +109,7 @@ int lt_push(lt_state *s, double when, double due, uint64_t seq, const uint8_t *d
     e->seq = seq;
     e->size = (uint8_t)size;
     e->measure = (uint8_t)measure;
+    e->group = group;
     memcpy(e->data, data, (size_t)size);
     __atomic_store_n(&s->in_head, head + 1, __ATOMIC_RELEASE);
     return 0;
@@ -118,12 +122,13 @@ int lt_pending(lt_state *s) {
     return (int)(head - tail) + __atomic_load_n(&s->npend_seen, __ATOMIC_ACQUIRE);
 }
 
-/* Drop every timed note-on handed over before this call and not yet written (in order with lt_push:
- * the callback meets it in the ring). 0, or -1 when the ring is full. */
-int lt_retract(lt_state *s) {
+/* Drop the timed note-ons of `group` (0: of every group) handed over before this call and not yet
+ * written (in order with lt_push: the callback meets it in the ring). 0, or -1 when the ring is full. */
+int lt_retract(lt_state *s, uint32_t group) {
     uint32_t head = s->in_head, tail = __atomic_load_n(&s->in_tail, __ATOMIC_ACQUIRE);
     if (head - tail >= RING) return -1;
     s->in[head & (RING - 1)].size = 0; /* size 0: the retract command */
+    s->in[head & (RING - 1)].group = group;
     __atomic_store_n(&s->in_head, head + 1, __ATOMIC_RELEASE);
     return 0;
 }
@@ -139,11 +144,12 @@ static void report(lt_state *s, uint64_t seq, double late) {
     }
 }
 
-static void retract(lt_state *s) {
+static void retract(lt_state *s, uint32_t group) {
     int kept = 0;
     for (int i = 0; i < s->npend; i++) {
         ev_t *e = &s->pend[i];
-        if (e->measure && (e->data[0] & 0xF0) == 0x90 && e->size == 3 && e->data[2] > 0) {
+        if (e->measure && (group == 0 || e->group == group) && (e->data[0] & 0xF0) == 0x90 && e->size == 3
+            && e->data[2] > 0) {
             report(s, e->seq, RETRACTED);
             __atomic_store_n(&s->retracted, s->retracted + 1, __ATOMIC_RELEASE);
         } else {
@@ -177,7 +183,7 @@ int lt_process(uint32_t nframes, void *arg) {
     uint32_t head = __atomic_load_n(&s->in_head, __ATOMIC_ACQUIRE), tail = s->in_tail;
     while (tail != head && s->npend < PENDING) {
         ev_t *e = &s->in[tail++ & (RING - 1)];
-        if (e->size == 0) retract(s);
+        if (e->size == 0) retract(s, e->group);
         else heap_push(s, e);
     }
     __atomic_store_n(&s->in_tail, tail, __ATOMIC_RELEASE);

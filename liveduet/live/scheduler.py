@@ -7,7 +7,9 @@ never interleave a send with the worker's.
 
 Invariant: every note-on that went out gets exactly one note-off. A note-on for a (channel, note)
 that is already sounding first sends a note-off (retrigger); a note-off for a note the sender does
-not own is dropped; `cancel`, `panic` and `stop` close what is open.
+not own is dropped; `cancel`, `panic` and `stop` close what is open. With a timing port (`send_at`)
+they first retract the note-ons handed over early and not yet written (the port drops them): those
+never go out, and the note-offs that close them then reach the synth for a note it never started.
 
 Tests drive it without a thread: `ManualClock.set(t)` then `run_due()`.
 """
@@ -99,17 +101,18 @@ class Scheduler:
         pause: float = PAUSE_S,
         max_samples: int = 10_000,
         spin: float = 0.0,
-        send_at: Callable[[mido.Message, float, bool], None] | None = None,
+        send_at: Callable[[mido.Message, float, bool, str], None] | None = None,
         lead: float = 0.0,
-        retract: Callable[[], None] | None = None,
+        retract: Callable[[str | None], None] | None = None,
     ) -> None:
         self._send = send
         # A port that times messages itself (io/jackout.py) gets scheduled ones `lead` seconds early
-        # with their due time and whether to report them; it measures and reports them once written.
+        # with their due time, whether to report them and their tag; it measures and reports them once
+        # written.
         self._send_at = send_at
         self.lead = lead if send_at is not None else 0.0
-        # ...and drops the note-ons it holds and has not written when asked (barge-in, panic): a
-        # cancelled answer must not start notes in its last `lead`. The duet plays one answer at a time.
+        # ...and drops the note-ons of a tag (None: all) it holds and has not written when asked
+        # (barge-in, panic, stop): a cancelled answer must not start notes in its last `lead`.
         self._retract = retract if send_at is not None else None
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._on_sent = on_sent
@@ -256,6 +259,7 @@ class Scheduler:
             if self._closed:
                 return ended
             self._heap.clear()
+            self._retract_held(None)
             msgs = note_offs(self._open) + [
                 mido.Message("control_change", channel=ch, control=SUSTAIN, value=0) for ch in sorted(self._pedal)
             ]
@@ -288,8 +292,7 @@ class Scheduler:
                 return 0
             self._heap = [e for e in self._heap if e[3] != tag]
             heapq.heapify(self._heap)
-            if self._retract is not None:
-                self._retract()
+            self._retract_held(tag)
             keys = sorted(k for k, t in self._open.items() if t == tag)
             pedals = sorted(ch for ch, t in self._pedal.items() if t == tag)
             msgs = note_offs(keys) + [
@@ -311,8 +314,7 @@ class Scheduler:
             if self._closed:
                 return 0
             self._heap.clear()
-            if self._retract is not None:
-                self._retract()
+            self._retract_held(None)
             msgs = panic_messages(self._open, self._channels)
             emit = self._closer()
             self._open.clear()
@@ -352,9 +354,9 @@ class Scheduler:
             if owner is not None and not (owner == THRU_TAG and tag == THRU_TAG):
                 self.retriggers += 1
                 off = mido.Message("note_off", channel=msg.channel, note=msg.note, velocity=0)
-                self._emit(off, due, report=owner != THRU_TAG, timed=timed)
+                self._emit(off, due, report=owner != THRU_TAG, timed=timed, tag=tag)
                 out += 1
-            actual = self._emit(msg, due, report=tag != THRU_TAG, wire=wire, timed=timed)
+            actual = self._emit(msg, due, report=tag != THRU_TAG, wire=wire, timed=timed, tag=tag)
             self._open[key] = tag
             if measure:
                 self._measured(actual - due)
@@ -373,10 +375,20 @@ class Scheduler:
                 self._pedal[msg.channel] = tag
             else:
                 self._pedal.pop(msg.channel, None)
-        actual = self._emit(msg, due, report=tag != THRU_TAG, wire=wire, timed=timed)
+        actual = self._emit(msg, due, report=tag != THRU_TAG, wire=wire, timed=timed, tag=tag)
         if measure:
             self._measured(actual - due)
         return 1
+
+    def _retract_held(self, tag: str | None) -> None:
+        """Ask the timing port to drop the note-ons of `tag` (None: all) it holds; the note-offs follow."""
+        if self._retract is None:
+            return
+        try:
+            self._retract(tag)
+        except Exception as err:  # the note-offs must still go out
+            self.errors += 1
+            log.warning("could not retract handed-over notes: %s", err)
 
     def _measured(self, late: float) -> None:
         self._lateness.append(late)
@@ -393,12 +405,12 @@ class Scheduler:
         return emit
 
     def _emit(self, msg: mido.Message, due: float | None = None, report: bool = True,
-              wire: mido.Message | None = None, timed: bool = False) -> float:
+              wire: mido.Message | None = None, timed: bool = False, tag: str = "") -> float:
         self.sent += 1
         self._channels.add(msg.channel)
         if timed and due is not None:
             # The port reports it (to whoever `on_sent` would tell) once written, with its frame's time.
-            self._send_at(msg if wire is None else wire, due, report)
+            self._send_at(msg if wire is None else wire, due, report, tag)
             return due
         self._send(msg if wire is None else wire)
         actual = self._clock.now()

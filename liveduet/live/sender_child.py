@@ -140,15 +140,15 @@ def serve(backend_module: str, inp: BinaryIO, out: BinaryIO) -> None:
             if current[0] is not None:
                 current[0].send(msg)
 
-    def send_at(msg: mido.Message, due: float, report: bool) -> None:
+    def send_at(msg: mido.Message, due: float, report: bool, tag: str) -> None:
         with lock:
             if current[0] is not None:
-                current[0].send_at(msg, due, report)
+                current[0].send_at(msg, due, report, tag)
 
-    def retract() -> None:
+    def retract(tag: str | None) -> None:
         with lock:
             if current[0] is not None:
-                current[0].retract()
+                current[0].retract(tag)
 
     def written(msg: mido.Message, due: float, actual: float, report: bool) -> None:
         reports.late(actual - due)
@@ -159,9 +159,9 @@ def serve(backend_module: str, inp: BinaryIO, out: BinaryIO) -> None:
     on_sent = lambda m, due, actual: reports.sent(m, due, actual)  # noqa: E731
     if timed:  # JACK writes each note at its frame: no spinning, lateness measured in the graph
         # LIVEDUET_JACK_RETRACT=0 is a diagnostic (benchmarks/bench_bargein.py): a barge-in without the retract.
-        keep = os.environ.get("LIVEDUET_JACK_RETRACT", "1") == "0"
+        no_retract = os.environ.get("LIVEDUET_JACK_RETRACT", "1") == "0"
         sched = Scheduler(send, on_sent=on_sent, send_at=send_at, lead=jackout.LEAD_S,
-                          retract=None if keep else retract)
+                          retract=None if no_retract else retract)
     else:
         sched = Scheduler(send, on_sent=on_sent, on_late=lambda x: reports.late(x), spin=SPIN_S)
     reports = Reports(out, lambda: (sched.sent, sched.retriggers, sched.stray_note_offs, sched.errors))

@@ -12,7 +12,8 @@ that is mostly silence decodes to notes it never heard (a file of call, pause, r
 Windows. The VAE was trained on `window_beats`-beat phrases (model/vae.py). A longer phrase is
 varied window by window: it is cut every `window_beats` beats from its first onset, a note held
 across a cut is struck again at the start of the next window, and a last piece shorter than a bar
-joins the window before it. A phrase (or last window) shorter than
+joins the window before it (with a z of one slice per beat, VAEConfig.latent "beats", it stays a
+window of its own: there is no slice for a ninth beat). A phrase (or last window) shorter than
 the window is padded by repeating it until it fills the window (cut at the window's end): phrases
 repeat, so the encoder hears something like its training data rather than a truncated one. Each
 window is decoded to exactly its own length: <eos> is never chosen, and the last note is cut where
@@ -217,9 +218,11 @@ class Variation:
         self.width = vae.cfg.window_beats * TICKS
         self.gen = torch.Generator().manual_seed(seed)
         bar = vae.cfg.bar_beats * TICKS
+        # A z of one slice per beat has none for a ninth beat: a tail past the window is its own window.
+        tail = 0 if vae.cfg.latent == "beats" else bar
         self.plans: list[tuple[Tensor, int] | list[Event]] = []  # a window's (z', length), or a pause as played
         for run, sounding in sounding_runs(events, bar):
-            self.plans += [self._plan(w) for w in split_windows(run, self.width, bar)] if sounding else [run]
+            self.plans += [self._plan(w) for w in split_windows(run, self.width, tail)] if sounding else [run]
         self.decoder: PhraseDecoder | Pause | None = self._start_window()
         self.encode_ms = (time.perf_counter() - started) * 1e3
         self.first_beat_ms: float | None = None  # compute: encoding + decoding the first beat

@@ -89,11 +89,6 @@ class VAEConfig:
             raise bad("head_dim", "must be 0..8192 (0 = dec_hidden)")
         if not 1 <= self.z_dim <= 1024:
             raise bad("z_dim", "must be 1..1024")
-        if self.latent not in ("phrase", "beats"):
-            raise bad("latent", 'must be "phrase" or "beats"')
-        if self.latent == "beats" and (self.z_dim % self.window_beats or not self.position_embed):
-            raise bad("latent", f"beats needs z_dim a multiple of window_beats ({self.window_beats}) "
-                                "and position_embed > 0")
         if not 0 <= self.position_embed <= 1024:
             raise bad("position_embed", "must be 0..1024 (0 = none)")
         for key in ("dropout", "word_dropout"):
@@ -113,6 +108,11 @@ class VAEConfig:
             raise bad("hop_beats", f"must be whole bars of {self.bar_beats} beats, at most window_beats")
         if not 2 <= self.max_tokens <= 4096 or self.max_tokens % 2:
             raise bad("max_tokens", "must be an even number in 2..4096")
+        if self.latent not in ("phrase", "beats"):
+            raise bad("latent", 'must be "phrase" or "beats"')
+        if self.latent == "beats" and (self.z_dim % self.window_beats or not self.position_embed):
+            raise bad("latent", f"beats needs z_dim a multiple of window_beats ({self.window_beats}) "
+                                "and position_embed > 0")
         if self.epoch_phrases < 0 or self.val_phrases < 1:
             raise bad("epoch_phrases" if self.epoch_phrases < 0 else "val_phrases", "must be positive")
         if self.active_threshold <= 0:
@@ -162,7 +162,7 @@ class PhraseVAE(nn.Module):
         per = cfg.z_dim // self.beats if self.beats else cfg.z_dim
         self.to_posterior = nn.Linear(2 * cfg.enc_hidden, 2 * per)
         # Each token's length in twelfths (durations only), to find the beats' tokens; set from the
-        # vocabulary by the family (set_durations) and saved with the weights.
+        # vocabulary by the family (set_durations) and saved with a beats latent's weights.
         self.register_buffer("dur_table", torch.zeros(cfg.vocab_size, dtype=torch.long), persistent=self.beats > 0)
         self.z_to_h = nn.Linear(cfg.z_dim, cfg.dec_hidden)
         self.window = cfg.window_beats * TICKS  # positions are clamped here
@@ -179,7 +179,7 @@ class PhraseVAE(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def set_durations(self, table: Tensor) -> None:
-        """The vocabulary's duration table (vae.duration_table): where each token's beat is."""
+        """The vocabulary's duration table (phrases.duration_table): where each token's beat is."""
         self.dur_table.copy_(table)
 
     def encode_packed(self, tokens: Tensor, lengths: Tensor) -> Posterior:

@@ -3,7 +3,7 @@
     models/vary/
       vae.ts        TorchScript: encode(tokens[1, T]) -> (μ, log σ²) [1, Z]; start(z) -> h;
                     forward(token[B], z[B, Z], h, pos[B]) -> (logits[B, V], h), the decoder's cached
-                    step; pos: twelfths of the window decoded once `token` is read (vae.input_positions)
+                    step; pos: twelfths of the window decoded once `token` is read (phrases.input_positions)
       vocab.json    the vocabulary its token ids refer to (the language model's)
       config.json   model and training config
       card.json     "family": "vae", checksum, data, training, reconstruction, the benchmark's figures
