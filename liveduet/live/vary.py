@@ -373,9 +373,6 @@ class Varier:
             if vae.vocab.fingerprint() != self.vocab.fingerprint():
                 raise ModelLoadError(f"{vae.path} was trained on vocabulary {vae.vocab.fingerprint()}, the "
                                      f"language model uses {self.vocab.fingerprint()}: they cannot share a call")
-            # Warm up once (TorchScript optimises on its first calls, ~10× slower): otherwise the first
-            # answer's opening notes were planned less than a JACK period before they were due.
-            Variation(vae, [((60,), TICKS), ((64,), TICKS)], 0.0, seed=0).events()
             self.vae = vae
         return self.vae
 

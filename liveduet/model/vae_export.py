@@ -190,8 +190,10 @@ class VAEModel:
 
     @torch.no_grad()
     def warm_up(self) -> None:
-        """TorchScript optimises a function on its first calls (~100 ms): spend them here, not on the first answer."""
+        """TorchScript optimises a function on its first calls (~100 ms): spend them here, not on the first
+        answer; and build the keep-key rule's table (~3 ms) here too."""
         try:
+            self.pitch_tokens_within(frozenset())
             for length in (WARMUP_LENGTH, WARMUP_LENGTH // 2, WARMUP_LENGTH, 2):
                 mu, _ = self.encode([self.vocab.rest_id, self.vocab.dur_base + TICKS - 1] * (length // 2))
                 h = self.script.start(mu)
