@@ -300,16 +300,17 @@ def morph_events(vae: VAEModel, a: list[Event], b: list[Event], steps: int, keep
 
     if nominal or steps < 2:
         return [decode(t, t) for t in ts]
+    # A step stays as much in key as the nearer end itself (or 90 %): the nominal decode always counts.
+    scales = [key_scale(*find_key(notes)) if (notes := beat_notes(w)) else None for w in (wa, wb)]
+    floors = [min(0.9, in_key(w, scale)) for w, scale in zip((wa, wb), scales, strict=True)]
     options: list[list[list[Event]]] = []
     for t in ts[1:-1]:
         found: list[list[Event]] = []
         for dt in MORPH_NEARBY:
             if 0.0 < t + dt < 1.0 and (events := decode(t + dt, t)) not in found:
                 found.append(events)
-        # A step stays as much in key as the nearer end itself (or 90 %): the nominal decode always counts.
-        end_events = wa if t < 0.5 else wb
-        floor = min(0.9, in_key(end_events, end_events))
-        options.append([e for k, e in enumerate(found) if k == 0 or in_key(e, end_events) >= floor])
+        end = 0 if t < 0.5 else 1
+        options.append([e for k, e in enumerate(found) if k == 0 or in_key(e, scales[end]) >= floors[end]])
     ta, tb = vae.vocab.encode(wa), vae.vocab.encode(wb)
     dist = [[(1 - edit_similarity(ta, vae.vocab.encode(e)), 1 - edit_similarity(tb, vae.vocab.encode(e)))
              for e in found] for found in options]
@@ -318,12 +319,12 @@ def morph_events(vae: VAEModel, a: list[Event], b: list[Event], steps: int, keep
     return [wa, *(options[k][c] for k, c in enumerate(choice[1:-1])), wb]
 
 
-def in_key(events: list[Event], reference: list[Event]) -> float:
-    """The share of `events`' notes in `reference`'s key (1 when either has no notes)."""
-    notes, ref = beat_notes(events), beat_notes(reference)
-    if not notes or not ref:
+def in_key(events: list[Event], scale: frozenset[int] | None) -> float:
+    """The share of `events`' notes in `scale` (1 when they have no notes or there is no scale)."""
+    notes = beat_notes(events)
+    if not notes or scale is None:
         return 1.0
-    return in_key_share(notes, key_scale(*find_key(ref)))
+    return in_key_share(notes, scale)
 
 
 def monotone_path(dist: list[list[tuple[float, float]]], ts: list[float]) -> list[int]:
