@@ -112,7 +112,8 @@ def test_scheduled_notes_land_on_their_frame(jack_server):
         ons = {m.note: t for t, m in got if m.type == "note_on"}
         assert sorted(ons) == list(range(60, 72))
         errors = [ons[60 + i] - due for i, due in enumerate(dues)]
-        assert all(-0.00002 < e < 0.00002 for e in errors), errors  # a frame is 21 µs
+        worst = max(errors, key=abs)
+        assert all(-0.00002 < e < 0.00002 for e in errors), f"worst {worst * 1e3:.3f} ms of {errors}"  # a frame: 21 µs
         assert stats.p50 < 0.00002
 
     try:
